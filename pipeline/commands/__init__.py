@@ -1,0 +1,1 @@
+"""Subcommands of `wsi-mil`; one module each (see :mod:`pipeline.cli`)."""

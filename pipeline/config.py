@@ -1,0 +1,118 @@
+"""Load and validate the workflow config against ``workflow/schemas/config.schema.yaml``.
+
+The same schema is used by the Snakefile and by ``wsi-mil check-config``, and each problem is reported
+as one line naming the key, the value and what was expected. Defaults from the schema are filled in,
+so code can index ``cfg["tiling"]["min_tissue"]`` without repeating default values.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
+
+
+def load_schema() -> dict[str, Any]:
+    if not SCHEMA_PATH.exists():
+        raise PipelineError(SCHEMA_PATH, "config schema not found", "Run wsi-mil from a checkout of the repository.")
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _validator_with_defaults(schema: dict[str, Any]):
+    """A Draft 2020-12 validator that also fills ``default`` values into the instance."""
+    from jsonschema import Draft202012Validator, validators
+
+    base_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base_properties(validator, properties, instance, schema)
+
+    cls = validators.extend(Draft202012Validator, {"properties": properties_with_defaults})
+    return cls(schema)
+
+
+def _expected(error) -> str:
+    schema = error.schema
+    validator = error.validator
+    if validator == "type":
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return "expected " + " or ".join("null" if t == "null" else t for t in types)
+    if validator == "enum":
+        return "expected one of " + ", ".join(repr(v) for v in schema["enum"])
+    if validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        return f"expected a value {sign[validator]} {schema[validator]}"
+    if validator == "pattern":
+        return f"expected text matching {schema['pattern']}"
+    if validator == "minItems":
+        return f"expected at least {schema['minItems']} item(s)"
+    return error.message
+
+
+def _describe(error, source: str) -> str:
+    where = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        key = ".".join(filter(None, [where, extra[0] if extra else "?"]))
+        hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        return f"{source}: unknown key '{key}'{hint}"
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        key = ".".join(filter(None, [where, missing]))
+        return f"{source}: missing required key '{key}'"
+    return f"{source}: '{where or '<top>'}' = {error.instance!r}: {_expected(error)}"
+
+
+def config_errors(config: dict[str, Any], source: str = "config") -> list[str]:
+    """All problems of ``config`` as one line each (empty when valid). Fills defaults in place."""
+    validator = _validator_with_defaults(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    lines = [_describe(e, source) for e in errors]
+    names = [t.get("name") for t in config.get("tasks", []) if isinstance(t, dict)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    lines += [f"{source}: task name '{n}' is used twice; task names must be unique" for n in dupes]
+    return lines
+
+
+def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate (filling defaults) and return ``config``; raise one :class:`PipelineError` listing problems."""
+    problems = config_errors(config, source)
+    if problems:
+        raise PipelineError(source, "invalid configuration:\n  " + "\n  ".join(problems),
+                            "Fix the keys above (config.yaml documents each one).")
+    return config
+
+
+def load_config(path: str | Path | None = None) -> dict[str, Any]:
+    """Read a YAML config (the repository's ``config.yaml`` by default), validated, defaults filled."""
+    p = Path(path) if path else DEFAULT_CONFIG
+    if not p.exists():
+        raise PipelineError(p, "config file not found", "Pass an existing YAML file with --config.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise PipelineError(p, f"not valid YAML ({err})", "Fix the syntax.") from err
+    if not isinstance(data, dict):
+        raise PipelineError(p, "config must be a mapping of keys to values", "See config.yaml.")
+    return validate_config(data, source=str(p))
+
+
+def section(path: str | Path | None, name: str) -> dict[str, Any]:
+    """One section (e.g. ``tiling``) of a config file, defaults filled; the defaults alone when path is None."""
+    if path is None:
+        cfg = {"slides_dir": "", "results_dir": "", "tasks": [{"name": "x", "type": "classification", "table": ""}]}
+        return validate_config(cfg, source="defaults")[name]
+    return load_config(path)[name]

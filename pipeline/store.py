@@ -1,0 +1,168 @@
+"""Zarr stores and files written atomically, with provenance attributes.
+
+Every output is built at a hidden temporary sibling and renamed into place only when complete, so an
+interrupted job (killed, out of memory, SLURM time limit) never leaves something that looks finished:
+Snakemake and the next stage see either the old output, or nothing, or the whole new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write (a file or a directory); publish it on success.
+
+    On any exception (including KeyboardInterrupt) the temporary is removed and ``path`` is untouched.
+    An existing ``path`` is replaced only after the new one is complete.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"nothing was written to {tmp} for {final}")
+        if final.exists() or final.is_symlink():
+            old = _tmp_sibling(final)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            _remove(old)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (sorted keys, NaN → null so every reader can parse it)."""
+    write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays, paths and NaN into plain JSON values (zarr attrs need this too)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def write_store(
+    path: str | os.PathLike,
+    arrays: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any],
+    chunk_rows: int = 4096,
+) -> Path:
+    """Write a zarr v3 group of 2-D arrays (chunked by rows) plus attrs, atomically."""
+    import zarr
+
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+        for name, data in arrays.items():
+            data = np.asarray(data)
+            chunks = (max(1, min(chunk_rows, data.shape[0])),) + data.shape[1:]
+            arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
+            if data.size:
+                arr[...] = data
+        group.attrs.update(to_jsonable(dict(attrs)))
+    return final
+
+
+class StoreWriter:
+    """Append rows to zarr arrays of known final length, then publish atomically.
+
+    For stages that produce data in batches (feature extraction) and must not hold everything in
+    memory or leave a half-written store behind.
+    """
+
+    def __init__(self, path: str | os.PathLike, shapes: Mapping[str, tuple[tuple[int, ...], Any]],
+                 chunk_rows: int = 4096) -> None:
+        import zarr
+
+        self.final = Path(path)
+        self._ctx = atomic_path(self.final)
+        self.tmp = self._ctx.__enter__()
+        self.group = zarr.open_group(store=str(self.tmp), mode="w", zarr_format=3)
+        self.arrays = {}
+        for name, (shape, dtype) in shapes.items():
+            chunks = (max(1, min(chunk_rows, shape[0])),) + tuple(shape[1:])
+            self.arrays[name] = self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks)
+
+    def write(self, name: str, start: int, data: np.ndarray) -> None:
+        self.arrays[name][start : start + len(data)] = data
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return bool(self._ctx.__exit__(exc_type, exc, tb))
+
+    def close(self, attrs: Mapping[str, Any]) -> None:
+        """Set attrs; the store is published when the ``with`` block exits without error."""
+        self.group.attrs.update(to_jsonable(dict(attrs)))
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """Attributes of a store; a clear error when the path is not a complete store."""
+    return dict(open_store(path).attrs)
+
+
+def open_store(path: str | os.PathLike):
+    """Open a published zarr group read-only."""
+    import zarr
+
+    p = Path(path)
+    if not p.exists():
+        raise PipelineError(p, "store does not exist", "Run the stage that writes it first.")
+    try:
+        return zarr.open_group(store=str(p), mode="r")
+    except Exception as err:  # zarr raises several types for a damaged store
+        raise PipelineError(p, f"not a readable zarr store ({err})", "Delete it and re-run the stage.") from err
+
+
+def read_array(path: str | os.PathLike, name: str) -> np.ndarray:
+    """Read one whole array of a store into memory."""
+    group = open_store(path)
+    if name not in group:
+        raise PipelineError(path, f"store has no '{name}' array", "Re-run the stage that writes it.")
+    return np.asarray(group[name][...])
