@@ -1,0 +1,190 @@
+"""Pieces every MIL model shares: config resolution, the instance projection and the model contract.
+
+Every model consumes one bag ``x: [N, D]`` and returns a dict with ``logits [1, C]`` and ``embedding
+[1, H]`` (the bag embedding just before the classifier). Baselines split their forward pass into
+``embed`` (instance projection), ``pool`` (aggregator -> bag embedding + per-instance attention) and
+``classify`` so the MHIM wrapper can mask instances between projection and aggregation, append GRN tokens
+and score instances with the teacher, without each baseline re-implementing that logic.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+
+TaskLoss = Callable[[torch.Tensor], torch.Tensor]
+
+
+@functools.lru_cache(maxsize=1)
+def _mil_defaults() -> dict[str, Any]:
+    from pipeline.config import section
+
+    return section(None, "mil")
+
+
+def mil_defaults() -> dict[str, Any]:
+    """The schema defaults of the ``mil`` config section (a fresh copy)."""
+    return copy.deepcopy(_mil_defaults())
+
+
+def resolve_cfg(
+    cfg: Mapping[str, Any] | None, model_keys: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """Merge ``cfg`` over the ``mil`` schema defaults plus this model's own keys.
+
+    Every standard ``mil`` key is accepted by every model (the trainer passes the whole section); keys
+    that are neither standard nor one of ``model_keys`` are rejected so a typo in a ``key=value``
+    override fails loudly instead of silently training the default model.
+    """
+    out = mil_defaults()
+    out.update(copy.deepcopy(dict(model_keys)))
+    for key, value in (cfg or {}).items():
+        if key in ("mhim", "msm"):
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise PipelineError(
+                    where, f"mil.{key} must be a mapping, got {value!r}", "See config.yaml."
+                )
+            unknown = sorted(set(value) - set(out[key]))
+            if unknown:
+                raise PipelineError(
+                    where,
+                    f"unknown key(s) mil.{key}.{', mil.{key}.'.join(unknown)}",
+                    f"Valid keys: {', '.join(sorted(out[key]))}.",
+                )
+            out[key].update(value)
+        elif key in out:
+            out[key] = value
+        else:
+            valid = sorted(k for k in out if k not in _mil_defaults())
+            raise PipelineError(
+                where,
+                f"unknown model key '{key}'",
+                "Model-specific keys: "
+                + (", ".join(valid) if valid else "none")
+                + "; standard keys are those of the mil config section.",
+            )
+    return out
+
+
+def int_list(value: Any, name: str, where: str) -> list[int] | None:
+    """Parse a list of positive ints given as a list or a ``"256,128,64"`` string (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+    try:
+        dims = [int(v) for v in value]
+    except (TypeError, ValueError):
+        dims = []
+    if not dims or any(d < 1 for d in dims):
+        raise PipelineError(
+            where,
+            f"{name} must be a non-empty list of positive integers, got {value!r}",
+            f"Example: {name}=[256,128,64].",
+        )
+    return dims
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def make_projection(
+    in_dim: int, dims: list[int], activation: str, dropout: float, where: str
+) -> nn.Sequential:
+    """Instance projection: (Linear -> activation -> dropout) per entry of ``dims`` (DESIGN §6 uses one, D->512)."""
+    if activation not in ACTIVATIONS:
+        raise PipelineError(
+            where, f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+        )
+    layers: list[nn.Module] = []
+    prev = in_dim
+    for d in dims:
+        layers += [nn.Linear(prev, d), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        prev = d
+    return nn.Sequential(*layers)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Xavier-normal linear weights, zero biases (as CLAM and the MHIM code initialise MIL heads)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def check_bag(x: torch.Tensor, where: str) -> torch.Tensor:
+    """Accept ``[N, D]`` (or ``[1, N, D]``) with N >= 1; return ``[N, D]``."""
+    if x.dim() == 3 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 2 or x.shape[0] < 1:
+        raise PipelineError(
+            where,
+            f"expected one bag of shape [N, D] with N >= 1, got {tuple(x.shape)}",
+            "Pass one slide's feature matrix per call (batch size 1).",
+        )
+    return x
+
+
+class MILModel(nn.Module):
+    """Contract shared by all models (see module docstring); baselines override ``embed/pool/classify``."""
+
+    name = "mil"
+    needs_teacher = False
+
+    def __init__(self, in_dim: int, n_outputs: int, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.n_outputs = n_outputs
+        self.cfg = cfg
+
+    # --- pieces used by the MHIM wrapper -------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Instance projection ``[N, D] -> [N, H]``."""
+        raise NotImplementedError
+
+    def pool(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Aggregate projected instances ``[N, H]`` into ``embedding [1, H]`` (+ ``attention [N]``, ...)."""
+        raise NotImplementedError
+
+    def classify(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bag logits ``[1, C]`` from the output of :meth:`pool`."""
+        raise NotImplementedError
+
+    def instance_scores(
+        self, h: torch.Tensor, pooled: dict[str, torch.Tensor], kind: str
+    ) -> torch.Tensor:
+        """Per-instance hardness score ``[N]`` for MHIM (``class_aware`` or ``attention``)."""
+        raise NotImplementedError
+
+    # --- public contract -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = check_bag(x, self.name)
+        pooled = self.pool(self.embed(x))
+        out = {"logits": self.classify(pooled), "embedding": pooled["embedding"]}
+        if "attention" in pooled:
+            out["instance_scores"] = pooled["attention"]
+        return out
+
+    def training_loss(
+        self, x: torch.Tensor, task_loss: TaskLoss, progress: float = 0.0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self(x)
+        return task_loss(out["logits"]), out
+
+    def after_optimizer_step(self) -> None:
+        """Hook after each optimiser step (EMA updates for MHIM; nothing for baselines)."""
+
+    def load_teacher(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        raise PipelineError(
+            self.name, "this method has no teacher", "Only MHIM methods take --teacher-init."
+        )

@@ -1,0 +1,87 @@
+"""Baseline MIL models: registry contract, output shapes, gradients and config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import PipelineError
+from pipeline.mil.models import create_mil_model, list_methods, method_info
+
+torch.set_num_threads(1)
+BASELINES = ["abmil", "abmil_gated"]
+
+
+def ce(target: int):
+    return lambda logits: F.cross_entropy(logits, torch.tensor([target]))
+
+
+@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("n", [1, 2, 7, 300])
+def test_shapes_and_gradients(name, n):
+    torch.manual_seed(0)
+    model = create_mil_model(name, 24, 3, {"hidden_dim": 16})
+    x = torch.randn(n, 24)
+    loss, out = model.training_loss(x, ce(1), 0.5)
+    assert out["logits"].shape == (1, 3)
+    assert out["embedding"].shape == (1, 16)
+    if "instance_scores" in out:
+        assert out["instance_scores"].shape == (n,)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_abmil_mi_net_projection():
+    model = create_mil_model(
+        "abmil", 166, 2, {"embed_dims": "256,128,64", "attention_dim": 64, "activation": "relu"}
+    )
+    widths = [m.out_features for m in model.projection if isinstance(m, torch.nn.Linear)]
+    assert widths == [256, 128, 64]
+    assert model.attention.proj.out_features == 64
+    assert model(torch.randn(5, 166))["embedding"].shape == (1, 64)
+
+
+def test_abmil_attention_is_softmax_weighted_mean():
+    torch.manual_seed(1)
+    model = create_mil_model("abmil", 8, 2, {"hidden_dim": 4, "dropout": 0.0}).eval()
+    x = torch.randn(6, 8)
+    out = model(x)
+    h = model.projection(x)
+    a = out["instance_scores"]
+    assert torch.allclose(a.sum(), torch.tensor(1.0))
+    assert torch.allclose(out["embedding"][0], (a[:, None] * h).sum(0), atol=1e-6)
+
+
+def test_registry_contract():
+    names = [m["name"] for m in list_methods()]
+    assert {
+        "abmil",
+        "abmil_gated",
+        "transmil",
+        "dsmil",
+        "mhim_abmil",
+        "mhim_transmil",
+        "mhim_dsmil",
+        "msm",
+    } <= set(names)
+    assert method_info("mhim_transmil")["baseline"] == "transmil"
+    assert method_info("abmil")["baseline"] is None
+    for m in list_methods():
+        assert set(m) == {"name", "description", "baseline", "family"} and m["description"]
+    with pytest.raises(PipelineError, match="abmil_gated"):
+        method_info("ab-mil")
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_unknown_keys_rejected_standard_keys_accepted(name):
+    from pipeline.config import section
+
+    full = section(None, "mil")  # every standard key of the mil section is accepted
+    create_mil_model(name, 8, 2, full)
+    with pytest.raises(PipelineError, match="unknown model key 'hiden_dim'"):
+        create_mil_model(name, 8, 2, {"hiden_dim": 3})
+    with pytest.raises(PipelineError, match="mil.mhim.ratio"):
+        create_mil_model(name, 8, 2, {"mhim": {"ratio": 0.1}})
