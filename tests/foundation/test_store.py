@@ -1,0 +1,61 @@
+"""Atomic publishing: an interrupted write never leaves an output that looks complete."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.store import StoreWriter, atomic_path, read_array, read_attrs, write_store
+
+
+def no_temp_siblings(directory):
+    return [p.name for p in directory.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_write_store_round_trip(tmp_path):
+    coords = np.arange(20, dtype=np.int32).reshape(10, 2)
+    out = write_store(
+        tmp_path / "s.zarr", {"coords": coords}, {"slide_mpp": np.float64(0.25), "n": np.int64(10)}
+    )
+    assert np.array_equal(read_array(out, "coords"), coords)
+    assert read_array(out, "coords").dtype == np.int32
+    assert read_attrs(out) == {"slide_mpp": 0.25, "n": 10}
+    assert no_temp_siblings(tmp_path)
+
+
+def test_empty_arrays_are_valid(tmp_path):
+    out = write_store(tmp_path / "e.zarr", {"coords": np.zeros((0, 2), np.int32)}, {})
+    assert read_array(out, "coords").shape == (0, 2)
+
+
+def test_failure_leaves_nothing_and_keeps_old_output(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert not target.exists() and no_temp_siblings(tmp_path)
+
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text("new but incomplete")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old" and no_temp_siblings(tmp_path)
+
+
+def test_store_writer_publishes_only_on_success(tmp_path):
+    target = tmp_path / "f.zarr"
+    with pytest.raises(RuntimeError):
+        with StoreWriter(target, {"features": ((6, 3), "float16")}) as writer:
+            writer.write("features", 0, np.ones((3, 3), np.float16))
+            raise RuntimeError("worker died")
+    assert not target.exists() and no_temp_siblings(tmp_path)
+
+    with StoreWriter(target, {"features": ((6, 3), "float16")}) as writer:
+        writer.write("features", 0, np.ones((3, 3), np.float16))
+        writer.write("features", 3, np.full((3, 3), 2, np.float16))
+        writer.close({"encoder": "x"})
+    feats = read_array(target, "features")
+    assert feats.dtype == np.float16 and feats[:3].sum() == 9 and feats[3:].sum() == 18
+    assert read_attrs(target)["encoder"] == "x"
