@@ -10,7 +10,7 @@ from pipeline.errors import PipelineError
 from pipeline.mil.models import create_mil_model, list_methods, method_info
 
 torch.set_num_threads(1)
-BASELINES = ["abmil", "abmil_gated"]
+BASELINES = ["abmil", "abmil_gated", "transmil", "dsmil"]
 
 
 def ce(target: int):

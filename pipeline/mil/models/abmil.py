@@ -19,6 +19,7 @@ from pipeline.mil.models.common import (
     init_weights,
     int_list,
     make_projection,
+    max_class_probability,
     resolve_cfg,
 )
 
@@ -31,13 +32,9 @@ def class_aware_probability(
     """MHIM-v2 instance score s_i = max_c softmax_c(W (a_i h_i) + b) for a linear classifier ``(W, b)``.
 
     Computed as ``a_i (h_i W^T) + b`` (one matmul, no [N, H] rescaled copy). One output unit is treated
-    as a sigmoid: s_i = max(p, 1 - p).
+    as a sigmoid: s_i = max(p, 1 - p). (The MHIM code adds only the first class's bias to every class.)
     """
-    logits = attention.unsqueeze(1) * (h @ weight.t()) + bias
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits[:, 0])
-        return torch.maximum(p, 1 - p)
-    return logits.softmax(dim=1).amax(dim=1)
+    return max_class_probability(attention.unsqueeze(1) * (h @ weight.t()) + bias)
 
 
 class AttentionPool(nn.Module):
@@ -65,6 +62,7 @@ class AttentionPool(nn.Module):
 class ABMIL(MILModel):
     """Instance projection -> attention pooling -> linear classifier."""
 
+    MODEL_KEYS = ABMIL_KEYS
     gated = False
 
     def __init__(self, in_dim: int, n_outputs: int, cfg: dict[str, Any] | None = None) -> None:
