@@ -1,0 +1,46 @@
+# wsi-mil workflow: slides -> tissue patches -> features -> MIL models -> report.
+#
+#   snakemake --cores 8                                   # current environment
+#   snakemake --cores 8 --use-conda                       # one conda env per stage (envs/)
+#   snakemake --workflow-profile workflow/profiles/slurm  # on a SLURM cluster
+#
+# Thin on purpose: the config is validated here, the rules live in workflow/rules/ and call the
+# `wsi-mil` command, so every step can also be run by hand.
+
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("8.10")
+
+sys.path.insert(
+    0, workflow.basedir
+)  # the `pipeline` package, also when snakemake is installed alone
+from pipeline.config import config_errors
+
+
+configfile: "config.yaml"
+
+
+# One clear line per problem first (key, value, what was expected); then Snakemake's own check.
+if problems := config_errors(config, source="config"):
+    raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/tiling.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/mil.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

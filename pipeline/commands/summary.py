@@ -1,0 +1,45 @@
+"""Collect the per-method summaries of a workflow run into one cohort table (CSV).
+
+Each SUMMARY.json is `results/mil/{task}/{encoder}/{method}/summary.json` (written by
+`wsi-mil evaluate`); the task and encoder are read from that path, so the table has one row per
+task x encoder x method with each metric's mean and std over folds and the efficiency figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "collect summary.json files into one table (task, encoder, method, metrics)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "summaries", type=Path, nargs="+", help="mil/{task}/{encoder}/{method}/summary.json files"
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, help="CSV to write")
+
+
+def run(args) -> int:
+    from pipeline.errors import PipelineError
+    from pipeline.log import get_logger
+    from pipeline.mil.evaluate import summary_table
+    from pipeline.store import write_text
+
+    for path in args.summaries:
+        if not path.is_file():
+            raise PipelineError(path, "summary not found", "Run `wsi-mil evaluate` for it first.")
+        if len(path.resolve().parts) < 5 or path.resolve().parts[-5] != "mil":
+            raise PipelineError(
+                path,
+                "not laid out as mil/{task}/{encoder}/{method}/summary.json",
+                "Pass the summaries the workflow wrote.",
+            )
+    table = summary_table(args.summaries)
+    parts = [p.resolve().parts for p in args.summaries]
+    table.insert(0, "task", [p[-4] for p in parts])
+    table.insert(1, "encoder", [p[-3] for p in parts])
+    moved = table.pop("method")
+    table.insert(2, "method", moved)
+    write_text(args.output, table.to_csv(index=False))
+    get_logger("summary").info("%d rows written to %s", len(table), args.output)
+    return 0

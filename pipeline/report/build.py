@@ -1,0 +1,89 @@
+"""Assemble the report page from a results folder: collect outputs, draw figures, write the HTML."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pandas as pd
+
+import pipeline
+from pipeline.log import get_logger
+from pipeline.report import collect, html, plots
+from pipeline.store import write_text
+
+log = get_logger("report")
+
+
+def _figures(results: Path, row: pd.Series) -> list[html.Figure]:
+    """KM curves per fold for survival models, ROC curves per fold for binary classifiers."""
+    summary_json = (
+        results
+        / "mil"
+        / str(row["task"])
+        / str(row["encoder"])
+        / str(row["method"])
+        / "summary.json"
+    )
+    if not summary_json.is_file():
+        log.warning("%s is missing; no curves for %s", summary_json, row["method"])
+        return []
+    folds = collect.fold_predictions(summary_json)
+    if not folds:
+        return []
+    name = f"{row['encoder']} / {row['method']}"
+    if row["task_type"] == "survival":
+        png = plots.kaplan_meier(folds, f"{row['task']}: {name}")
+        return [
+            html.Figure(
+                f"Kaplan–Meier, high vs low predicted risk: {name}",
+                png,
+                "Test cases of each fold split at the median predicted risk of that fold's "
+                "training cases; p from the log-rank test; C = Harrell's C-index of the fold.",
+            )
+        ]
+    png = plots.roc_curves(folds, f"{row['task']}: {name}")
+    return [html.Figure(f"ROC curves per fold: {name}", png)] if png else []
+
+
+def build_report(
+    results: str | os.PathLike, summary_csv: str | os.PathLike, out: str | os.PathLike
+) -> Path:
+    results, out = Path(results), Path(out)
+    models = collect.model_results(summary_csv)
+    sections = []
+    for task, part in models.groupby("task", sort=False):
+        part = part.reset_index(drop=True)
+        section = html.TaskSection(str(task), str(part["task_type"].iloc[0]), part)
+        for _, row in part.iterrows():
+            section.figures += _figures(results, row)
+        sections.append(section)
+    slides = collect.slides(results)
+    thumbs, links = {}, {}
+    for s in slides:
+        if s.qc_png is not None:
+            try:
+                thumbs[s.slide] = plots.thumbnail(s.qc_png)
+            except Exception as err:  # a broken picture is shown as missing, not fatal
+                log.warning("QC picture %s unreadable (%s)", s.qc_png, err)
+            links[s.slide] = os.path.relpath(s.qc_png, out.parent)
+    failed = [s.slide for s in slides if s.failed]
+    if failed:
+        log.warning("%d failed slide(s) listed in the report: %s", len(failed), ", ".join(failed))
+    page = html.page(
+        title="wsi-mil report",
+        generated=(
+            f"wsi-mil {pipeline.__version__}, results in {results.resolve()}, written "
+            f"{dt.datetime.now().astimezone().isoformat(timespec='seconds')}"
+        ),
+        slides=slides,
+        sections=sections,
+        times=collect.stage_times(results),
+        thumbs=thumbs,
+        qc_links=links,
+        config_text=collect.effective_config(results),
+    )
+    write_text(out, page)
+    log.info("report written to %s (%d slides, %d models)", out, len(slides), len(models))
+    return out

@@ -1,0 +1,165 @@
+"""Gather the workflow's outputs for the report: slides, feature stores, model results, run times.
+
+Paths follow the data contract (DESIGN §3): ``tiles/{slide}.zarr``, ``qc/{slide}.png``,
+``features/{encoder}/{slide}.zarr``, ``mil/{task}/{encoder}/{method}/fold{k}/``, and Snakemake's
+``benchmarks/{stage}/...tsv``. Everything is read, nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.log import get_logger
+from pipeline.store import read_attrs
+
+log = get_logger("report")
+
+
+@dataclass
+class SlideRow:
+    """What the report shows about one slide (from its tile store's attrs)."""
+
+    slide: str
+    failed: bool
+    error: str = ""
+    n_patches: int = 0
+    tissue_mm2: float | None = None
+    slide_mpp: float | None = None
+    mpp_source: str = ""
+    read_level: int | None = None
+    qc_png: Path | None = None
+    features: dict[str, str] = field(default_factory=dict)  # encoder -> "N × D" or a problem
+
+    @property
+    def status(self) -> str:
+        if self.failed:
+            return "failed"
+        return "no tissue" if self.n_patches == 0 else "ok"
+
+
+def _feature_shape(store: Path) -> str:
+    try:
+        import zarr
+
+        group = zarr.open_group(store=str(store), mode="r")
+        attrs = dict(group.attrs)
+        if attrs.get("failed"):
+            return "failed"
+        shape = group["features"].shape
+        return f"{shape[0]} × {shape[1]}"
+    except Exception as err:  # a damaged store is shown, not fatal for the report
+        return f"unreadable ({type(err).__name__})"
+
+
+def slides(results: str | os.PathLike) -> list[SlideRow]:
+    """One row per tile store, with its QC picture and the shape of each encoder's features."""
+    root = Path(results)
+    rows = []
+    encoders = sorted(p.name for p in (root / "features").glob("*") if p.is_dir())
+    for store in sorted((root / "tiles").glob("*.zarr")):
+        if store.name.startswith("."):
+            continue
+        sid = store.name[: -len(".zarr")]
+        try:
+            attrs = read_attrs(store)
+        except Exception as err:
+            rows.append(SlideRow(sid, True, f"tile store unreadable: {err}"))
+            continue
+        qc = root / "qc" / f"{sid}.png"
+        row = SlideRow(
+            slide=sid,
+            failed=bool(attrs.get("failed")),
+            error=str(attrs.get("error") or ""),
+            n_patches=int(attrs.get("n_patches", 0) or 0),
+            tissue_mm2=attrs.get("tissue_area_mm2"),
+            slide_mpp=attrs.get("slide_mpp"),
+            mpp_source=str(attrs.get("mpp_source") or ""),
+            read_level=attrs.get("read_level"),
+            qc_png=qc if qc.is_file() else None,
+        )
+        for enc in encoders:
+            fstore = root / "features" / enc / f"{sid}.zarr"
+            row.features[enc] = _feature_shape(fstore) if fstore.exists() else "missing"
+        rows.append(row)
+    return rows
+
+
+def stage_times(results: str | os.PathLike) -> pd.DataFrame:
+    """Per stage (rule): jobs, total/mean/max wall seconds and peak RSS from Snakemake's benchmarks."""
+    root = Path(results) / "benchmarks"
+    records = []
+    for tsv in sorted(root.rglob("*.tsv")):
+        try:
+            df = pd.read_csv(tsv, sep="\t")
+        except Exception:  # a benchmark being written while we read: skip it
+            continue
+        if df.empty or "s" not in df.columns:
+            continue
+        stage = tsv.relative_to(root).parts[0]
+        rss = pd.to_numeric(df.get("max_rss", pd.Series([float("nan")])), errors="coerce")
+        records.append(
+            {
+                "stage": stage,
+                "job": str(tsv.relative_to(root / stage).with_suffix("")),
+                "seconds": float(pd.to_numeric(df["s"], errors="coerce").mean()),
+                "max_rss_mb": float(rss.max()),
+            }
+        )
+    jobs = pd.DataFrame(records, columns=["stage", "job", "seconds", "max_rss_mb"])
+    if jobs.empty:
+        return pd.DataFrame(
+            columns=["stage", "jobs", "total_s", "mean_s", "max_s", "slowest", "max_rss_mb"]
+        )
+    order = {s: i for i, s in enumerate(jobs["stage"].drop_duplicates())}
+    grouped = []
+    for stage, part in jobs.groupby("stage", sort=False):
+        slowest = part.loc[part["seconds"].idxmax()]
+        grouped.append(
+            {
+                "stage": stage,
+                "jobs": len(part),
+                "total_s": part["seconds"].sum(),
+                "mean_s": part["seconds"].mean(),
+                "max_s": part["seconds"].max(),
+                "slowest": slowest["job"],
+                "max_rss_mb": part["max_rss_mb"].max(),
+            }
+        )
+    table = pd.DataFrame(grouped)
+    pipeline_order = ["tile", "extract", "splits", "train", "train_with_teacher", "evaluate"]
+    rank = {s: i for i, s in enumerate(pipeline_order)}
+    table["_rank"] = [rank.get(s, len(rank) + order[s]) for s in table["stage"]]
+    return table.sort_values("_rank").drop(columns="_rank").reset_index(drop=True)
+
+
+def model_results(summary_csv: str | os.PathLike) -> pd.DataFrame:
+    """The cohort table written by ``wsi-mil summary`` (one row per task × encoder × method)."""
+    return pd.read_csv(summary_csv)
+
+
+def fold_predictions(summary_json: str | os.PathLike) -> list[tuple[int, pd.DataFrame, dict]]:
+    """(fold, predictions.csv, metrics.json) for each fold a method's summary was made from."""
+    summary = json.loads(Path(summary_json).read_text())
+    base = Path(summary_json).parent
+    out = []
+    for fold in summary.get("folds", []):
+        fdir = base / f"fold{fold}"
+        pred, metrics = fdir / "predictions.csv", fdir / "metrics.json"
+        if not pred.is_file():
+            log.warning("%s has no predictions.csv; its curves are left out", fdir)
+            continue
+        metrics_data: dict[str, Any] = json.loads(metrics.read_text()) if metrics.is_file() else {}
+        out.append((int(fold), pd.read_csv(pred), metrics_data))
+    return out
+
+
+def effective_config(results: str | os.PathLike) -> str:
+    """The config the workflow ran with (written by the Snakefile), or '' when absent."""
+    path = Path(results) / "config.effective.yaml"
+    return path.read_text() if path.is_file() else ""

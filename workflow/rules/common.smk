@@ -1,0 +1,307 @@
+# Helpers shared by the rules: slide discovery, label checks, output paths, the `wsi-mil` command.
+#
+# Everything here runs when Snakemake parses the workflow (also inside each cluster job), so it only
+# reads small files (tables, the slide folder listing) and never imports torch.
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.logging import logger
+from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+from pipeline.store import write_text
+
+WORKFLOW_ROOT = Path(workflow.basedir)
+RESULTS = os.path.normpath(config["results_dir"])
+EFFECTIVE_CONFIG = f"{RESULTS}/config.effective.yaml"
+
+# Baseline (teacher) of each method that needs one; kept here so parsing the workflow does not
+# import torch. tests/workflow checks it against pipeline.mil.models.method_info.
+TEACHER_OF = {
+    "mhim_abmil": "abmil",
+    "mhim_transmil": "transmil",
+    "mhim_dsmil": "dsmil",
+}
+
+
+# --- slides -------------------------------------------------------------------------------------
+
+
+def discover_slides(slides_dir, extensions):
+    """Map slide id (file stem) -> path for every slide below ``slides_dir``.
+
+    Searched recursively (GDC downloads put each slide in its own folder); hidden entries are
+    skipped. A folder of DICOM files is one slide named after the folder. Two files with the same
+    stem would overwrite each other's outputs, so they are an error naming both.
+    """
+    if not os.path.isdir(slides_dir):
+        raise WorkflowError(
+            f"slides_dir '{slides_dir}' is not a folder. Put the slides there or set slides_dir "
+            "in the config."
+        )
+    wanted = {e.lower() for e in extensions}
+    found = {}
+    for root, dirs, files in os.walk(slides_dir, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files = sorted(f for f in files if not f.startswith("."))
+        if ".dcm" in wanted and any(f.lower().endswith(".dcm") for f in files):
+            first = next(f for f in files if f.lower().endswith(".dcm"))
+            found.setdefault(Path(root).name, []).append(os.path.join(root, first))
+        for name in files:
+            suffix = Path(name).suffix.lower()
+            if suffix in wanted and suffix != ".dcm":
+                found.setdefault(Path(name).stem, []).append(os.path.join(root, name))
+    clashes = [
+        f"'{sid}': {' and '.join(paths)}"
+        for sid, paths in found.items()
+        if len(paths) > 1
+    ]
+    if clashes:
+        raise WorkflowError(
+            "two slides have the same id (file stem), so their outputs would collide: "
+            + "; ".join(clashes)
+            + ". Rename or remove one of each pair."
+        )
+    if not found:
+        raise WorkflowError(
+            f"no slides found in '{slides_dir}' (looked for {', '.join(sorted(wanted))}). "
+            "Put the slides there or set slides_dir / slide_extensions in the config."
+        )
+    return {sid: paths[0] for sid, paths in sorted(found.items())}
+
+
+def read_table(path, what):
+    """Rows of a CSV as dicts; a clear error when it is missing or lacks a column."""
+    if not os.path.isfile(path):
+        raise WorkflowError(
+            f"{what}: table '{path}' not found. Create it or fix the path in the config."
+        )
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def require_columns(rows, path, columns):
+    have = set(rows[0]) if rows else set()
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise WorkflowError(
+            f"table '{path}' has no column {', '.join(missing)} (it has: {', '.join(sorted(have)) or 'no rows'})."
+        )
+
+
+def read_slide_sheet(path):
+    """Per-slide MPP overrides from the optional slide sheet (slide_id,mpp)."""
+    if not path:
+        return {}
+    rows = read_table(path, "slide_sheet")
+    require_columns(rows, path, ["slide_id", "mpp"])
+    sheet = {}
+    for row in rows:
+        try:
+            sheet[row["slide_id"]] = float(row["mpp"])
+        except ValueError:
+            raise WorkflowError(
+                f"slide_sheet '{path}': slide '{row['slide_id']}' has mpp '{row['mpp']}', "
+                "expected a number of micrometres per pixel."
+            )
+    return sheet
+
+
+SLIDES = discover_slides(config["slides_dir"], config["slide_extensions"])
+SLIDE_IDS = list(SLIDES)
+SLIDE_MPP = read_slide_sheet(config.get("slide_sheet"))
+for _sid in sorted(set(SLIDE_MPP) - set(SLIDES)):
+    logger.warning(
+        f"slide_sheet: slide '{_sid}' has an MPP override but no slide file; ignored."
+    )
+
+
+# --- tasks --------------------------------------------------------------------------------------
+
+TASKS = {task["name"]: task for task in config["tasks"]}
+
+
+def task_slides_table(task):
+    """The table that maps this task's slides to cases: its own table for classification,
+    ``slides_table`` (slide_id,case_id) for survival, whose table has one row per case.
+    """
+    if task["type"] == "classification":
+        return task["table"]
+    if task.get("slides_table"):
+        return task["slides_table"]
+    raise WorkflowError(
+        f"task '{task['name']}' (survival): set slides_table to a CSV with slide_id,case_id "
+        "(e.g. the classification labels.csv) so slides can be grouped into cases."
+    )
+
+
+def task_slide_ids(task):
+    """Slides the task trains on: those in its table that exist on disk (one warning per missing)."""
+    path = task_slides_table(task)
+    rows = read_table(path, f"task '{task['name']}'")
+    require_columns(rows, path, ["slide_id", "case_id"])
+    read_table(task["table"], f"task '{task['name']}'")
+    listed = list(dict.fromkeys(row["slide_id"] for row in rows))
+    for sid in listed:
+        if sid not in SLIDES:
+            logger.warning(
+                f"task '{task['name']}': slide '{sid}' is listed in {path} but not found in "
+                f"{config['slides_dir']}; it is left out."
+            )
+    present = [sid for sid in listed if sid in SLIDES]
+    if not present:
+        raise WorkflowError(
+            f"task '{task['name']}': none of the {len(listed)} slides in {path} is in "
+            f"{config['slides_dir']}. Check the slide ids (file stems) against the table."
+        )
+    return present
+
+
+TASK_SLIDES = {name: task_slide_ids(task) for name, task in TASKS.items()}
+
+
+# --- methods, encoders, folds -------------------------------------------------------------------
+
+ENCODERS = list(config["features"]["encoders"])
+METHODS = list(config["mil"]["methods"])
+FOLDS = list(range(config["mil"]["folds"]))
+
+
+def teacher_of(method):
+    """The baseline whose fold checkpoint initialises this method's teacher (None if it has none)."""
+    return TEACHER_OF.get(method)
+
+
+# Baselines needed as teachers are trained (and reported) even when not listed themselves.
+TRAINED_METHODS = list(
+    dict.fromkeys([teacher_of(m) for m in METHODS if teacher_of(m)] + METHODS)
+)
+BASELINE_METHODS = [m for m in TRAINED_METHODS if not teacher_of(m)]
+STUDENT_METHODS = [m for m in TRAINED_METHODS if teacher_of(m)]
+
+
+def alternatives(values):
+    """A wildcard regex matching exactly these names (never matches when the list is empty)."""
+    return "|".join(re.escape(v) for v in values) or "(?!)"
+
+
+wildcard_constraints:
+    slide="[^/]+",
+    encoder="[^/]+",
+    method="[^/]+",
+    task=alternatives(TASKS),
+    fold=r"\d+",
+
+
+# --- settings passed to the commands ------------------------------------------------------------
+
+
+def write_effective_config(cfg, path):
+    """The validated config with defaults filled, for the commands' --config (rewritten only when
+    it changes, so its mtime means something)."""
+    text = "# written by the workflow: the config it runs with, defaults filled in\n"
+    text += yaml.safe_dump(json.loads(json.dumps(cfg)), sort_keys=False)
+    if not os.path.isfile(path) or Path(path).read_text() != text:
+        write_text(path, text)
+
+
+write_effective_config(config, EFFECTIVE_CONFIG)
+
+
+def settings_digest(*keys, drop=()):
+    """A short hash of the config parts that change a stage's results.
+
+    Used as a rule param, so Snakemake's params rerun trigger recomputes exactly the stages whose
+    settings changed (tiling settings do not invalidate trained models, and so on).
+    """
+    parts = {}
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in drop}
+        parts[key] = value
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def use_wsi_mil_command():
+    """Make `wsi-mil`, the command every rule runs, resolvable in the jobs' shells.
+
+    Under --use-conda the stage envs hold the dependencies but not this package, so a shim
+    (workflow/scripts/wsi-mil) runs `python -m pipeline` from this checkout with the env's python.
+    Otherwise the installed command is used; when snakemake was started as .venv/bin/snakemake
+    without activating the venv, that venv's bin folder is put on PATH for the jobs.
+    """
+    prefix = "set -euo pipefail; "
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        shim = shlex.quote(str(WORKFLOW_ROOT / "workflow" / "scripts"))
+        prefix += f'export PATH={shim}:"$PATH"; '
+    elif shutil.which("wsi-mil") is None:
+        bindir = os.path.dirname(sys.executable)
+        if not os.access(os.path.join(bindir, "wsi-mil"), os.X_OK):
+            raise WorkflowError(
+                "the wsi-mil command is not installed in this environment. Run `pip install -e .` "
+                "in the repository (or `make venv`), or run snakemake with --use-conda."
+            )
+        prefix += f'export PATH={shlex.quote(bindir)}:"$PATH"; '
+    shell.prefix(prefix)
+
+
+use_wsi_mil_command()
+
+
+# --- output paths -------------------------------------------------------------------------------
+
+
+def tiles_path(slide):
+    return f"{RESULTS}/tiles/{slide}.zarr"
+
+
+def features_path(encoder, slide):
+    return f"{RESULTS}/features/{encoder}/{slide}.zarr"
+
+
+def fold_dir(task, encoder, method, fold):
+    return f"{RESULTS}/mil/{task}/{encoder}/{method}/fold{fold}"
+
+
+def summary_json(task, encoder, method):
+    return f"{RESULTS}/mil/{task}/{encoder}/{method}/summary.json"
+
+
+def all_summaries():
+    return [
+        summary_json(task, encoder, method)
+        for task in TASKS
+        for encoder in ENCODERS
+        for method in TRAINED_METHODS
+    ]
+
+
+def train_inputs(w):
+    """Feature stores of the task's slides, its tables and folds (and the teacher, if any)."""
+    task = TASKS[w.task]
+    inputs = {
+        "features": [features_path(w.encoder, s) for s in TASK_SLIDES[w.task]],
+        "table": task["table"],
+        "slides_table": task_slides_table(task),
+        "splits": f"{RESULTS}/splits/{w.task}.csv",
+    }
+    if teacher_of(w.method):
+        teacher = fold_dir(w.task, w.encoder, teacher_of(w.method), w.fold)
+        inputs["teacher"] = f"{teacher}/model.pt"
+    return inputs
+
+
+def final_outputs():
+    return [f"{RESULTS}/summary.csv", f"{RESULTS}/report/index.html"]

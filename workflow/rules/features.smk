@@ -1,0 +1,41 @@
+# Feature extraction: one store per slide and encoder (results/features/{encoder}/{slide}.zarr).
+
+FEATURES = config["features"]
+
+
+rule extract:
+    input:
+        slide=lambda w: SLIDES[w.slide],
+        tiles=f"{RESULTS}/tiles/{{slide}}.zarr",
+    output:
+        directory(f"{RESULTS}/features/{{encoder}}/{{slide}}.zarr"),
+    log:
+        f"{RESULTS}/logs/extract/{{encoder}}/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract/{{encoder}}/{{slide}}.tsv"
+    wildcard_constraints:
+        encoder=alternatives(ENCODERS),
+    conda:
+        "../../envs/features.yaml"
+    # decoding workers plus the model's own thread(s)
+    threads: FEATURES["workers"] + 1
+    resources:
+        gpu=0 if FEATURES["device"] == "cpu" else 1,
+        mem_mb=16000,
+        runtime=120,
+    params:
+        weights=lambda w: FEATURES["weights"].get(w.encoder, "pretrained"),
+        batch_size=FEATURES["batch_size"],
+        workers=FEATURES["workers"],
+        device=FEATURES["device"],
+        precision=FEATURES["precision"],
+        config=EFFECTIVE_CONFIG,
+        settings=lambda w: settings_digest(
+            f"features.weights.{w.encoder}", "features.precision", "features.dtype"
+        ),
+    shell:
+        "wsi-mil extract {input.slide:q} {input.tiles:q} -o {output:q}"
+        " --encoder {wildcards.encoder} --weights {params.weights:q}"
+        " --batch-size {params.batch_size} --workers {params.workers}"
+        " --device {params.device} --precision {params.precision}"
+        " --config {params.config:q} > {log:q} 2>&1"

@@ -1,0 +1,35 @@
+# Tiling: tissue segmentation and the patch grid of each slide (results/tiles, results/qc).
+
+
+rule tile:
+    input:
+        slide=lambda w: SLIDES[w.slide],
+    output:
+        tiles=directory(f"{RESULTS}/tiles/{{slide}}.zarr"),
+        qc=report(
+            f"{RESULTS}/qc/{{slide}}.png",
+            caption="../report/qc.rst",
+            category="Slides",
+            subcategory="Tissue QC",
+            labels={"slide": "{slide}"},
+        ),
+    log:
+        f"{RESULTS}/logs/tile/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tile/{{slide}}.tsv"
+    conda:
+        "../../envs/tiling.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        mpp=lambda w: f"--mpp {SLIDE_MPP[w.slide]}" if w.slide in SLIDE_MPP else "",
+        record_failure=(
+            "--record-failure" if config["workflow"]["record_failures"] else ""
+        ),
+        config=EFFECTIVE_CONFIG,
+        settings=settings_digest("slides", "tiling"),
+    shell:
+        "wsi-mil tile {input.slide:q} -o {output.tiles:q} --qc {output.qc:q} {params.mpp}"
+        " {params.record_failure} --config {params.config:q} > {log:q} 2>&1"
