@@ -22,7 +22,9 @@ DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
 
 def load_schema() -> dict[str, Any]:
     if not SCHEMA_PATH.exists():
-        raise PipelineError(SCHEMA_PATH, "config schema not found", "Run wsi-mil from a checkout of the repository.")
+        raise PipelineError(
+            SCHEMA_PATH, "config schema not found", "Run wsi-mil from a checkout of the repository."
+        )
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
@@ -91,8 +93,11 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     """Validate (filling defaults) and return ``config``; raise one :class:`PipelineError` listing problems."""
     problems = config_errors(config, source)
     if problems:
-        raise PipelineError(source, "invalid configuration:\n  " + "\n  ".join(problems),
-                            "Fix the keys above (config.yaml documents each one).")
+        raise PipelineError(
+            source,
+            "invalid configuration:\n  " + "\n  ".join(problems),
+            "Fix the keys above (config.yaml documents each one).",
+        )
     return config
 
 
@@ -113,6 +118,10 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
 def section(path: str | Path | None, name: str) -> dict[str, Any]:
     """One section (e.g. ``tiling``) of a config file, defaults filled; the defaults alone when path is None."""
     if path is None:
-        cfg = {"slides_dir": "", "results_dir": "", "tasks": [{"name": "x", "type": "classification", "table": ""}]}
+        cfg = {
+            "slides_dir": "",
+            "results_dir": "",
+            "tasks": [{"name": "x", "type": "classification", "table": ""}],
+        }
         return validate_config(cfg, source="defaults")[name]
     return load_config(path)[name]

@@ -37,4 +37,6 @@ def setup_logging(verbose: bool = False) -> None:
 
 def get_logger(stage: str, slide: str | None = None) -> logging.LoggerAdapter:
     """A logger whose records carry the stage and (optionally) the slide they concern."""
-    return logging.LoggerAdapter(logging.getLogger(f"pipeline.{stage}"), {"stage": stage, "slide": slide})
+    return logging.LoggerAdapter(
+        logging.getLogger(f"pipeline.{stage}"), {"stage": stage, "slide": slide}
+    )

@@ -115,8 +115,12 @@ class StoreWriter:
     memory or leave a half-written store behind.
     """
 
-    def __init__(self, path: str | os.PathLike, shapes: Mapping[str, tuple[tuple[int, ...], Any]],
-                 chunk_rows: int = 4096) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        shapes: Mapping[str, tuple[tuple[int, ...], Any]],
+        chunk_rows: int = 4096,
+    ) -> None:
         import zarr
 
         self.final = Path(path)
@@ -126,7 +130,9 @@ class StoreWriter:
         self.arrays = {}
         for name, (shape, dtype) in shapes.items():
             chunks = (max(1, min(chunk_rows, shape[0])),) + tuple(shape[1:])
-            self.arrays[name] = self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks)
+            self.arrays[name] = self.group.create_array(
+                name, shape=shape, dtype=dtype, chunks=chunks
+            )
 
     def write(self, name: str, start: int, data: np.ndarray) -> None:
         self.arrays[name][start : start + len(data)] = data
@@ -157,12 +163,16 @@ def open_store(path: str | os.PathLike):
     try:
         return zarr.open_group(store=str(p), mode="r")
     except Exception as err:  # zarr raises several types for a damaged store
-        raise PipelineError(p, f"not a readable zarr store ({err})", "Delete it and re-run the stage.") from err
+        raise PipelineError(
+            p, f"not a readable zarr store ({err})", "Delete it and re-run the stage."
+        ) from err
 
 
 def read_array(path: str | os.PathLike, name: str) -> np.ndarray:
     """Read one whole array of a store into memory."""
     group = open_store(path)
     if name not in group:
-        raise PipelineError(path, f"store has no '{name}' array", "Re-run the stage that writes it.")
+        raise PipelineError(
+            path, f"store has no '{name}' array", "Re-run the stage that writes it."
+        )
     return np.asarray(group[name][...])

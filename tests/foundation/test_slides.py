@@ -81,7 +81,9 @@ def test_config_default_mpp_applies_only_without_metadata():
 def test_implausible_tiff_resolution_is_not_trusted():
     with open_slide(SLIDES / "openslide_boxes.tiff") as slide:
         assert slide.metadata_mpp() is None
-        with pytest.raises(PipelineError, match=r"ignored implausible openslide.mpp-x=352.778 µm/px"):
+        with pytest.raises(
+            PipelineError, match=r"ignored implausible openslide.mpp-x=352.778 µm/px"
+        ):
             resolve_mpp(slide)
 
 
