@@ -37,6 +37,8 @@ TUMOR_NUCLEUS = np.array([52.0, 22.0, 98.0], np.float32)
 
 NORMAL_NUCLEI_PER_UM2 = 1 / 180.0  # sparse, small nuclei in stroma
 TUMOR_NUCLEI_PER_UM2 = 1 / 55.0  # crowded, large nuclei in tumour
+STAIN_LEVELS = 32  # stain-drift steps in the colour table
+NOISE_LEVELS = 32  # grain-noise steps in the colour table
 MAGNIFICATION_MPP = {40: 0.25, 20: 0.5}
 APERIO_HEADER = "Aperio Image Library v12.0.0 (wsi-mil synthetic)"
 _MEMMAP_BYTES = 64 << 20  # levels below 0 larger than this go to a temporary memory map
@@ -130,23 +132,32 @@ def _tissue_field(rng: np.random.Generator, shape: tuple[int, int], mask_mpp: fl
         u = (dx * np.cos(angle) + dy * np.sin(angle)) / rx
         v = (-dx * np.sin(angle) + dy * np.cos(angle)) / ry
         blobs = np.maximum(blobs, 1.0 - np.sqrt(u * u + v * v))
-    sigma = max(2.0, 60.0 / mask_mpp)  # outline wiggles of ~60 µm and more
+    # outline wiggles: coarse ones scale with the slide, fine ones (~60 µm) are damped on big slides
+    # so a large resection stays in one piece instead of breaking into crumbs
+    coarse = max(2.0, 0.06 * min(h, w))
+    fine_amp = 0.08 * min(1.0, 100.0 / min(h, w))
     fld = (
         blobs
-        + 0.18 * _smooth_noise(rng, shape, sigma)
-        + 0.08 * _smooth_noise(rng, shape, sigma / 3)
+        + 0.18 * _smooth_noise(rng, shape, coarse)
+        + fine_amp * _smooth_noise(rng, shape, max(1.5, 60.0 / mask_mpp))
     )
     edge = np.minimum(np.minimum(yy, h - 1 - yy) / h, np.minimum(xx, w - 1 - xx) / w)
     fld -= np.clip(0.04 - edge, 0, None) * 20.0  # keep tissue off the slide border
     target = rng.uniform(0.35, 0.6)
     fld -= np.quantile(fld, 1.0 - target)
-    # holes: lumens / fat, white inside tissue, 40-160 µm across
+    # holes: lumens / fat, white inside tissue, 40-160 µm across, ~2 per mm² of tissue (at least 3)
     inside = np.argwhere(fld > 0.05)
-    for _ in range(int(rng.integers(3, 9)) if len(inside) else 0):
+    area_mm2 = len(inside) * (mask_mpp / 1000.0) ** 2
+    n_holes = int(rng.integers(3, 9) * max(1.0, area_mm2 / 3.0)) if len(inside) else 0
+    for _ in range(n_holes):
         cy, cx = inside[rng.integers(len(inside))]
         r = rng.uniform(20.0, 80.0) / mask_mpp
-        d2 = ((yy - cy) / r) ** 2 + ((xx - cx) / (r * rng.uniform(0.6, 1.4))) ** 2
-        fld -= 2.0 * np.exp(-d2)
+        stretch = rng.uniform(0.6, 1.4)
+        reach = int(math.ceil(4 * r * max(1.0, stretch)))
+        y0, y1 = max(0, cy - reach), min(h, cy + reach + 1)
+        x0, x1 = max(0, cx - reach), min(w, cx + reach + 1)
+        d2 = ((yy[y0:y1, x0:x1] - cy) / r) ** 2 + ((xx[y0:y1, x0:x1] - cx) / (r * stretch)) ** 2
+        fld[y0:y1, x0:x1] -= 2.0 * np.exp(-d2)
     return fld.astype(np.float32)
 
 
@@ -168,7 +179,7 @@ def _tumor_field(
         cy, cx = core[rng.integers(len(core))]
         s = radius * rng.uniform(0.6, 1.2)
         bumps = np.maximum(bumps, np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s)))
-    score = bumps + 0.08 * _smooth_noise(rng, tissue_field.shape, max(1.5, 24.0 / mask_mpp))
+    score = bumps + 0.08 * _smooth_noise(rng, tissue_field.shape, max(1.5, radius / 4))
     score += rng.uniform(0, 1e-6, score.shape).astype(np.float32)  # break ties: exactly k cells
     order = np.sort(score[tissue])[::-1]
     threshold = order[k - 1]
@@ -194,6 +205,17 @@ def _upsample(padded: np.ndarray, pad: int, downsample: int, x0: int, y0: int, w
     up = cv2.resize(crop, ((a1 - a0) * d, (b1 - b0) * d), interpolation=cv2.INTER_LINEAR)
     oy, ox = y0 - (b0 - pad) * d, x0 - (a0 - pad) * d
     return up[oy : oy + h, ox : ox + w]
+
+
+def _palette() -> np.ndarray:
+    """RGB for every (class, stain level, noise level): painting a region is one table lookup."""
+    s = (np.arange(STAIN_LEVELS, dtype=np.float32) + 0.5) / STAIN_LEVELS
+    z = np.linspace(-2.5, 2.5, NOISE_LEVELS, dtype=np.float32)
+    table = np.empty((3, STAIN_LEVELS, NOISE_LEVELS, 3), np.float32)
+    table[0] = BACKGROUND + 2.0 * z[None, :, None]
+    for k, (a, b) in ((1, STROMA), (2, TUMOR_BG)):
+        table[k] = a + s[:, None, None] * (b - a) + 10.0 * z[None, :, None]
+    return np.clip(np.round(table), 0, 255).astype(np.uint8).reshape(-1, 3)
 
 
 def _periodic_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
@@ -275,6 +297,7 @@ class _Painter:
     """Paints any level-0 region of one slide; the same pixel always gets the same colour."""
 
     SHIFT = 4  # sub-pixel bits for cv2 ellipse centres
+    MARGIN = 8  # pixels painted around a region so its edge pixels match a larger region's
 
     def __init__(
         self, fields, downsample: int, mpp: float, width: int, height: int, rng, overhang: int
@@ -286,8 +309,10 @@ class _Painter:
         )
         fine = _periodic_noise(rng, 256, 0.0)
         grain = _periodic_noise(rng, 256, 1.2 * 0.25 / mpp)
-        self.tissue_noise = (grain * 10.0 + fine * 4.0).astype(np.float32)
-        self.background_noise = (fine * 2.0).astype(np.float32)
+        noise = grain * 0.93 + fine * 0.37  # unit std: grain ~1 µm plus pixel noise
+        levels = np.clip(np.round((noise + 2.5) / 5.0 * (NOISE_LEVELS - 1)), 0, NOISE_LEVELS - 1)
+        self.noise = levels.astype(np.uint16)
+        self.palette = _palette()
         self.nuclei = _Nuclei.concat(
             [
                 _sample_nuclei(rng, fields, downsample, mpp, width, height, tumor=False),
@@ -295,29 +320,35 @@ class _Painter:
             ]
         )
 
-    def _noise(self, tile: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-        size = tile.shape[0]
-        rolled = np.roll(tile, (-(y0 % size), -(x0 % size)), axis=(0, 1))
+    def _tiled_noise(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        size = self.noise.shape[0]
+        rolled = np.roll(self.noise, (-(y0 % size), -(x0 % size)), axis=(0, 1))
         return np.tile(rolled, (h // size + 1, w // size + 1))[:h, :w]
 
     def region(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        """RGB uint8 [h, w, 3] of level 0 at (x0, y0): one palette lookup, then the nuclei."""
         up = _upsample(self.padded, self.pad, self.downsample, x0, y0, w, h)
         tissue = up[..., 0] > 0
-        tumor = tissue & (up[..., 1] >= 0)
-        stain = np.clip(up[..., 2], 0, 1)
-        tissue_noise = self._noise(self.tissue_noise, x0, y0, w, h)
-        background = self._noise(self.background_noise, x0, y0, w, h)
-        img = np.empty((h, w, 3), np.uint8)
-        for c in range(3):
-            stroma = STROMA[0][c] + stain * (STROMA[1][c] - STROMA[0][c])
-            tumor_bg = TUMOR_BG[0][c] + stain * (TUMOR_BG[1][c] - TUMOR_BG[0][c])
-            col = np.where(tumor, tumor_bg, stroma)
-            col += tissue_noise
-            col = np.where(tissue, col, background + BACKGROUND[c])
-            np.clip(col, 0, 255, out=col)
-            img[..., c] = col
-        self._draw_nuclei(img, x0, y0, w, h)
-        return img
+        idx = tissue.astype(np.uint16)
+        idx += tissue & (up[..., 1] >= 0)  # 0 background, 1 stroma, 2 tumour
+        idx *= STAIN_LEVELS
+        stain = up[..., 2] * STAIN_LEVELS
+        np.clip(stain, 0, STAIN_LEVELS - 1, out=stain)
+        idx += stain.astype(np.uint16)
+        idx *= NOISE_LEVELS
+        size = self.noise.shape[0]
+        if x0 % size == 0 and y0 % size == 0 and w % size == 0 and h % size == 0:
+            view = idx.reshape(h // size, size, w // size, size)  # no copy of the noise
+            view += self.noise[None, :, None, :]
+        else:
+            idx += self._tiled_noise(x0, y0, w, h)
+        # nuclei go on a canvas with a margin: cv2 clips anti-aliased shapes at the image border,
+        # which would make tiles differ from the same pixels painted as part of a larger region
+        m = self.MARGIN
+        canvas = np.empty((h + 2 * m, w + 2 * m, 3), np.uint8)
+        np.take(self.palette, idx, axis=0, out=canvas[m : m + h, m : m + w])
+        self._draw_nuclei(canvas, x0 - m, y0 - m, w + 2 * m, h + 2 * m)
+        return canvas[m : m + h, m : m + w]
 
     def _draw_nuclei(self, img: np.ndarray, x0: int, y0: int, w: int, h: int) -> None:
         nu = self.nuclei
