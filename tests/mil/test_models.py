@@ -10,14 +10,16 @@ from pipeline.errors import PipelineError
 from pipeline.mil.models import create_mil_model, list_methods, method_info
 
 torch.set_num_threads(1)
-BASELINES = ["abmil", "abmil_gated", "transmil", "dsmil"]
+BASELINES = ["abmil", "abmil_gated", "transmil", "dsmil", "msm"]
+MHIM = ["mhim_abmil", "mhim_transmil", "mhim_dsmil"]
+ALL = BASELINES + MHIM
 
 
 def ce(target: int):
     return lambda logits: F.cross_entropy(logits, torch.tensor([target]))
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("n", [1, 2, 7, 300])
 def test_shapes_and_gradients(name, n):
     torch.manual_seed(0)
@@ -29,9 +31,14 @@ def test_shapes_and_gradients(name, n):
     if "instance_scores" in out:
         assert out["instance_scores"].shape == (n,)
     loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    trained = model.student if name in MHIM else model
+    grads = [p.grad for p in trained.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+    if name in MHIM:  # the teacher is EMA-only; the GRN learns only when something was recycled
+        assert all(p.grad is None for p in model.teacher.parameters())
+        grn_grads = [p.grad for p in model.grn.parameters()]
+        assert all(g is not None for g in grn_grads) == (int(out["n_recycled"]) > 0)
 
 
 def test_abmil_mi_net_projection():
@@ -75,7 +82,7 @@ def test_registry_contract():
         method_info("ab-mil")
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", ALL)
 def test_unknown_keys_rejected_standard_keys_accepted(name):
     from pipeline.config import section
 

@@ -105,6 +105,12 @@ def _resolve(target: str) -> type:
     return getattr(importlib.import_module(f"{pkg}.{module}"), cls)
 
 
+def model_class(name: str) -> type:
+    """The class implementing method ``name`` (MHIM methods share one wrapper class)."""
+    method_info(name)
+    return _resolve(_REGISTRY[name][0])
+
+
 def create_mil_model(
     name: str, in_dim: int, n_outputs: int, cfg: dict[str, Any] | None = None
 ) -> nn.Module:
