@@ -24,8 +24,10 @@ WORKFLOW_ROOT = Path(workflow.basedir)
 RESULTS = os.path.normpath(config["results_dir"])
 EFFECTIVE_CONFIG = f"{RESULTS}/config.effective.yaml"
 
-# Baseline (teacher) of each method that needs one; kept here so parsing the workflow does not
-# import torch. tests/workflow checks it against pipeline.mil.models.method_info.
+# The MIL methods and the baseline whose fold checkpoint initialises each MHIM teacher; kept here
+# so that parsing the workflow (also once per cluster job) does not import torch.
+# tests/workflow/test_dag.py checks both against pipeline.mil.models.
+PLAIN_METHODS = ["abmil", "abmil_gated", "transmil", "dsmil", "msm"]
 TEACHER_OF = {
     "mhim_abmil": "abmil",
     "mhim_transmil": "transmil",
@@ -171,9 +173,15 @@ TASK_SLIDES = {name: task_slide_ids(task) for name, task in TASKS.items()}
 
 # --- methods, encoders, folds -------------------------------------------------------------------
 
-ENCODERS = list(config["features"]["encoders"])
-METHODS = list(config["mil"]["methods"])
+ENCODERS = list(dict.fromkeys(config["features"]["encoders"]))
+METHODS = list(dict.fromkeys(config["mil"]["methods"]))
 FOLDS = list(range(config["mil"]["folds"]))
+_unknown = [m for m in METHODS if m not in PLAIN_METHODS and m not in TEACHER_OF]
+if _unknown:
+    raise WorkflowError(
+        f"mil.methods: unknown method(s) {', '.join(_unknown)}; known: "
+        f"{', '.join(PLAIN_METHODS + list(TEACHER_OF))} (see `wsi-mil methods`)."
+    )
 
 
 def teacher_of(method):

@@ -20,7 +20,7 @@ rule summary:
     benchmark:
         f"{RESULTS}/benchmarks/summary/summary.tsv"
     conda:
-        "../../envs/report.yaml"
+        "../../envs/mil.yaml"
     threads: 1
     resources:
         mem_mb=2000,
