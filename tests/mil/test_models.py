@@ -92,3 +92,52 @@ def test_unknown_keys_rejected_standard_keys_accepted(name):
         create_mil_model(name, 8, 2, {"hiden_dim": 3})
     with pytest.raises(PipelineError, match="mil.mhim.ratio"):
         create_mil_model(name, 8, 2, {"mhim": {"ratio": 0.1}})
+
+
+def planted_bags(n_bags: int = 12, dim: int = 16, seed: int = 0):
+    """Bags of N(0, 1) instances; positive bags hide 3 instances shifted by +2 on 4 features."""
+    gen = torch.Generator().manual_seed(seed)
+    bags, labels = [], []
+    for i in range(n_bags):
+        x = torch.randn(int(torch.randint(8, 25, (1,), generator=gen)), dim, generator=gen)
+        if i % 2:
+            x[:3, :4] += 2.0
+        bags.append(x)
+        labels.append(i % 2)
+    return bags, labels
+
+
+def eval_ce(model, bags, labels) -> float:
+    model.eval()
+    with torch.no_grad():
+        return sum(
+            F.cross_entropy(model(x)["logits"], torch.tensor([y])).item()
+            for x, y in zip(bags, labels, strict=True)
+        ) / len(bags)
+
+
+def fit(model, bags, labels, epochs: int = 15):
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    for epoch in range(epochs):
+        model.train()
+        for x, y in zip(bags, labels, strict=True):
+            loss, _ = model.training_loss(x, ce(y), epoch / epochs)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            model.after_optimizer_step()
+    return model
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fits_a_planted_signal(name):
+    torch.manual_seed(0)
+    bags, labels = planted_bags()
+    cfg = {"hidden_dim": 32}
+    model = create_mil_model(name, 16, 2, cfg)
+    if model.needs_teacher:  # as the workflow does: the baseline of the same data is the teacher
+        baseline = fit(create_mil_model(method_info(name)["baseline"], 16, 2, cfg), bags, labels)
+        model.load_teacher(baseline.state_dict())
+    before = eval_ce(model, bags, labels)
+    after = eval_ce(fit(model, bags, labels), bags, labels)
+    assert after < 0.5 * before, (before, after)
