@@ -30,6 +30,8 @@ from pipeline.tissue import Tissue, TissueParams, read_for_segmentation, segment
 
 #: Longest side of the QC thumbnail in pixels (small slides are shown at most at their own resolution).
 QC_MAX_SIDE = 2048
+#: A segmentation image at least this long is reused for the QC thumbnail instead of a second read.
+QC_MIN_SIDE = 1024
 _GREEN, _BLUE, _PATCH = (0, 200, 0), (0, 80, 255), (255, 140, 0)  # RGB
 
 
@@ -64,7 +66,9 @@ def _area_below(integral: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarra
     iv = np.clip(np.floor(v).astype(np.int64), 0, max(h - 1, 0))
     au = np.clip(u - iu, 0.0, 1.0)
     av = np.clip(v - iv, 0.0, 1.0)[:, None]
-    top, bottom = integral[iv], integral[np.minimum(iv + 1, h)]
+    # gather the needed rows before widening to float: the integral image itself stays int32
+    top = integral[iv].astype(np.float64)
+    bottom = integral[np.minimum(iv + 1, h)].astype(np.float64)
     right = np.minimum(iu + 1, w)
     upper = (1 - au) * top[:, iu] + au * top[:, right]
     lower = (1 - au) * bottom[:, iu] + au * bottom[:, right]
@@ -80,7 +84,7 @@ def tissue_fraction(
     """
     if len(xs) == 0 or len(ys) == 0:
         return np.zeros((len(ys), len(xs)))
-    integral = cv2.integral((mask > 0).astype(np.uint8), sdepth=cv2.CV_32S).astype(np.float64)
+    integral = cv2.integral((mask > 0).astype(np.uint8), sdepth=cv2.CV_32S)
     sx, sy = scale
     u0, u1 = xs / sx, (xs + size) / sx
     v0, v1 = ys / sy, (ys + size) / sy
@@ -179,8 +183,9 @@ def qc_image(slide: Slide, result: TilingResult) -> np.ndarray:
     width, height = slide.dimensions
     mpp = result.geometry.slide_mpp
     qc_mpp = max(mpp, max(width, height) * mpp / QC_MAX_SIDE)
-    seg_mpp = tissue.mask_mpp[0]
-    if qc_mpp < seg_mpp * 0.99:
+    if max(result.seg_image.shape[:2]) >= QC_MIN_SIDE:  # big slide: the segmentation image will do
+        qc_mpp = max(qc_mpp, tissue.mask_mpp[0])
+    if qc_mpp < tissue.mask_mpp[0] * 0.99:  # small slide: a sharper read is cheap
         thumb, _ = read_at_mpp(slide, mpp, qc_mpp)
     else:
         w = max(1, int(round(width * mpp / qc_mpp)))
