@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.errors import PipelineError
 from pipeline.slides import Slide, read_at_mpp
 
 #: Otsu on a blank slide splits sensor noise; its threshold never goes below this saturation.
@@ -156,6 +157,12 @@ def read_for_segmentation(
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """The whole slide at about ``seg_mpp`` (bounded memory) and its level-0 px per pixel (x, y)."""
     rgb, _ = read_at_mpp(slide, slide_mpp, params.seg_mpp)
+    if rgb.dtype != np.uint8:
+        raise PipelineError(
+            slide.path,
+            f"pixels are {rgb.dtype}, not 8-bit RGB (brightfield H&E is expected)",
+            "Convert the slide to an 8-bit RGB pyramid (e.g. vips tiffsave --compression jpeg).",
+        )
     width0, height0 = slide.dimensions
     return rgb, (width0 / rgb.shape[1], height0 / rgb.shape[0])
 
