@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 
 from pipeline import __version__, commands
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(args.verbose)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args._run(args) or 0)
     except PipelineError as err:
@@ -58,6 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ERROR: interrupted; no partial output was published.", file=sys.stderr)
         return 130
+    except Terminated:
+        print("ERROR: terminated (SIGTERM); no partial output was published.", file=sys.stderr)
+        return 143
+
+
+class Terminated(BaseException):
+    """Raised on SIGTERM (Snakemake cancel, SLURM time limit) so temporary outputs are cleaned up."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 if __name__ == "__main__":

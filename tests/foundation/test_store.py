@@ -59,3 +59,62 @@ def test_store_writer_publishes_only_on_success(tmp_path):
     feats = read_array(target, "features")
     assert feats.dtype == np.float16 and feats[:3].sum() == 9 and feats[3:].sum() == 18
     assert read_attrs(target)["encoder"] == "x"
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    """A writer killed with SIGKILL leaves a hidden temporary; the next write of that output removes it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from pipeline.store import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_text('partial')\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    target = tmp_path / "out.txt"
+    subprocess.run([sys.executable, "-c", code, str(target)], check=False)
+    assert not target.exists()
+    assert len(list(tmp_path.glob(".out.txt.tmp-*"))) == 1
+
+    with atomic_path(target) as tmp:
+        tmp.write_text("complete")
+    assert target.read_text() == "complete" and no_temp_siblings(tmp_path)
+
+
+def test_sigterm_during_a_command_publishes_nothing(tmp_path):
+    """Snakemake and SLURM stop jobs with SIGTERM: the CLI must clean its temporary output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time\n"
+        "from pipeline import cli\n"
+        "from pipeline.store import atomic_path\n"
+        "def slow(args):\n"
+        "    with atomic_path(sys.argv[1]) as tmp:\n"
+        "        tmp.write_text('partial'); print('writing', flush=True); time.sleep(30)\n"
+        "import argparse\n"
+        "class Parser:  # a command whose run() is slow, through the real cli.main\n"
+        "    def parse_args(self, argv):\n"
+        "        return argparse.Namespace(_run=slow, verbose=False)\n"
+        "cli.build_parser = Parser\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    target = tmp_path / "out.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(target)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    time.sleep(0.1)
+    assert proc.returncode == 143
+    assert "terminated (SIGTERM)" in err
+    assert not target.exists() and no_temp_siblings(tmp_path)
