@@ -15,6 +15,8 @@ without ever holding level 0 in memory.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -682,6 +684,17 @@ def _write_cohort_slide(outdir: Path, item: CohortSlide, mask_mpp: float) -> dic
     return info
 
 
+def _read_cohort(outdir: Path) -> dict[str, Any] | None:
+    """The cohort description if it exists and every file it names is there, else None."""
+    try:
+        cohort = json.loads((outdir / "cohort.json").read_text())
+        files = [s[k] for s in cohort["slides"] for k in ("path", "tissue_mask", "tumor_mask")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    names = ["labels.csv", "survival.csv", "masks/masks.json", *files]
+    return cohort if all((outdir / f).is_file() for f in names) else None
+
+
 def make_cohort(
     outdir: str | os.PathLike,
     n_slides: int = 24,
@@ -693,10 +706,14 @@ def make_cohort(
     censored_fraction: float = 0.3,
     mask_mpp: float = 8.0,
     workers: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a cohort: ``slides/*.svs``, ``labels.csv``, ``survival.csv``, ``masks/*.png``,
     ``masks/masks.json`` and ``cohort.json`` (written last: its presence means the cohort is complete).
-    Returns the content of ``cohort.json``."""
+
+    A complete cohort made by the same generator code with the same parameters is reused as it is
+    (``overwrite=True`` rewrites it), so the demo can call this on every run. Returns ``cohort.json``.
+    """
     from pipeline import __version__
     from pipeline.log import get_logger
     from pipeline.store import write_json, write_text
@@ -711,7 +728,14 @@ def make_cohort(
         "two_slide_fraction": two_slide_fraction,
         "censored_fraction": censored_fraction,
         "mask_mpp": mask_mpp,
+        "generator_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
     }
+    existing = _read_cohort(outdir)
+    if existing is not None and not overwrite and existing.get("params") == params:
+        log.info("cohort in %s is complete and up to date; reusing it", outdir)
+        return existing
+    # from here on the folder is not a complete cohort: cohort.json goes first, comes back last
+    (outdir / "cohort.json").unlink(missing_ok=True)
     plan = plan_cohort(
         n_slides,
         seed,
@@ -719,6 +743,12 @@ def make_cohort(
         tumor_fraction_range=tumor_fraction_range,
         two_slide_fraction=two_slide_fraction,
     )
+    keep = {item.slide_id for item in plan}
+    for old in (existing or {}).get("slides", []):
+        if old.get("slide_id") not in keep:
+            for key in ("path", "tissue_mask", "tumor_mask"):
+                if old.get(key):
+                    (outdir / old[key]).unlink(missing_ok=True)
     (outdir / "slides").mkdir(parents=True, exist_ok=True)
     (outdir / "masks").mkdir(parents=True, exist_ok=True)
     infos: list[dict[str, Any]] = []

@@ -3,7 +3,8 @@
 OUTDIR receives slides/*.svs (40x and 20x, tiled JPEG, 4x pyramid), labels.csv (slide_id,case_id,label),
 survival.csv (case_id,time,event), masks/{slide}_tissue.png and masks/{slide}_tumor.png (ground truth at
 --mask-mpp um/px, see masks/masks.json), and cohort.json (per-slide size, MPP, magnification, tumour
-fraction, label, case; written last). Same arguments give byte-identical files.
+fraction, label, case; written last). Same arguments give byte-identical files, and a complete cohort
+made with the same arguments is reused (--overwrite rewrites it).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="processes writing slides (default 1)"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite even if OUTDIR already holds a complete cohort made with the same arguments",
+    )
 
 
 def run(args) -> int:
@@ -66,6 +72,7 @@ def run(args) -> int:
             censored_fraction=args.censored,
             mask_mpp=args.mask_mpp,
             workers=args.workers,
+            overwrite=args.overwrite,
         )
     except ValueError as err:
         raise PipelineError(args.outdir, str(err), "Check the wsi-mil synth arguments.") from err

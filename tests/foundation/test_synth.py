@@ -183,12 +183,19 @@ def test_region_painting_is_seamless_across_tiles():
     np.testing.assert_array_equal(painter.region(300, 301, 77, 55), whole[45:100, 44:121])
 
 
-def test_cli_writes_a_cohort_and_rejects_bad_arguments(tmp_path, capsys):
+def test_cli_writes_a_cohort_reuses_it_and_rejects_bad_arguments(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["synth", str(out), "--slides", "3", "--seed", "1", "--size-scale", "0.3"]) == 0
+    args = ["synth", str(out), "--seed", "1", "--size-scale", "0.3"]
+    assert main([*args, "--slides", "3"]) == 0
     cohort = json.loads((out / "cohort.json").read_text())
     assert len(cohort["slides"]) == 3 and cohort["params"]["seed"] == 1
     assert all((out / s["path"]).exists() for s in cohort["slides"])
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert main([*args, "--slides", "3"]) == 0  # complete and same arguments: reused untouched
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+    assert main([*args, "--slides", "2"]) == 0  # a smaller cohort leaves no stale slide behind
+    assert len(list((out / "slides").glob("*.svs"))) == 2
+    assert len(list((out / "masks").glob("*.png"))) == 4
     capsys.readouterr()
     assert main(["synth", str(tmp_path / "bad"), "--slides", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
