@@ -627,6 +627,13 @@ def plan_cohort(
     return plan
 
 
+SURVIVAL_MODEL = (
+    "burden = mean tumour fraction of the case's slides (0 for normal cases); event time (months) = "
+    "60 * exp(-2 * burden / max_burden + 0.35 * N(0, 1)); a random round(censored_fraction * n) "
+    "cases are censored at U(0.3, 0.95) * event time"
+)
+
+
 def survival_table(
     burden: dict[str, float], seed: int, *, censored_fraction: float = 0.3, max_burden: float = 0.10
 ):
@@ -806,6 +813,7 @@ def make_cohort(
         "params": params,
         "n_cases": len(burden),
         "mask_convention": MASK_CONVENTION,
+        "survival_model": SURVIVAL_MODEL,
         "slides": infos,
     }
     write_json(outdir / "cohort.json", cohort)
