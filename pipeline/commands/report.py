@@ -3,7 +3,8 @@
 Reads what the stages wrote (summary.csv from `wsi-mil summary`, each model's fold predictions,
 tiles/*.zarr attrs, qc/*.png, Snakemake's benchmarks/) and writes one self-contained page with the
 metrics per task x encoder x method (mean +- std over folds), ROC or Kaplan-Meier curves per fold,
-failed slides with their reason, per-slide QC thumbnails and the run time of each stage.
+failed slides with their reason, per-slide QC thumbnails and the run time of each stage. Beside
+the page, slides.csv lists every slide's status (ok / no tissue / failed) and why it failed.
 """
 
 from __future__ import annotations

@@ -47,6 +47,35 @@ def _figures(results: Path, row: pd.Series) -> list[html.Figure]:
     return [html.Figure(f"ROC curves per fold: {name}", png)] if png else []
 
 
+def slide_table(slides: list[collect.SlideRow]) -> pd.DataFrame:
+    """One row per slide: status (ok / no tissue / failed), the reason it failed, patches, MPP."""
+    return pd.DataFrame(
+        [
+            {
+                "slide_id": s.slide,
+                "status": s.status,
+                "error": s.error,
+                "n_patches": s.n_patches,
+                "tissue_area_mm2": s.tissue_mm2,
+                "slide_mpp": s.slide_mpp,
+                "mpp_source": s.mpp_source,
+                **{f"features_{enc}": shape for enc, shape in s.features.items()},
+            }
+            for s in slides
+        ],
+        columns=[
+            "slide_id",
+            "status",
+            "error",
+            "n_patches",
+            "tissue_area_mm2",
+            "slide_mpp",
+            "mpp_source",
+        ]
+        + [f"features_{enc}" for enc in sorted({e for s in slides for e in s.features})],
+    )
+
+
 def build_report(
     results: str | os.PathLike, summary_csv: str | os.PathLike, out: str | os.PathLike
 ) -> Path:
@@ -84,6 +113,7 @@ def build_report(
         qc_links=links,
         config_text=collect.effective_config(results),
     )
+    write_text(out.with_name("slides.csv"), slide_table(slides).to_csv(index=False))
     write_text(out, page)
     log.info("report written to %s (%d slides, %d models)", out, len(slides), len(models))
     return out

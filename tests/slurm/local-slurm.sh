@@ -166,12 +166,17 @@ write_conf() {
   if [ "$GPUS" -gt 0 ]; then
     gres_line="GresTypes=gpu"
     node_gres="Gres=gpu:$GPUS"
+    # record GPU allocations in accounting too (sacct -o AllocTRES shows gres/gpu=N)
+    [ "$ACCOUNTING" = 1 ] && gres_line="$gres_line
+AccountingStorageTRES=gres/gpu"
   fi
   if [ "$ACCOUNTING" = 1 ]; then
     acct_lines="JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStoragePort=6819"
+AccountingStoragePort=6819
+# keep sbatch --comment (snakemake's rule name) in accounting: sacct -o Comment
+AccountingStoreFlags=job_comment"
   else
     acct_lines="# no slurmdbd/MariaDB: sacct will not work -> use squeue for job status
 JobAcctGatherType=jobacct_gather/none

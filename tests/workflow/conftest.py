@@ -1,42 +1,24 @@
-"""Shared helpers for the workflow tests: run Snakemake on the repository's Snakefile."""
+"""Fixtures of the workflow tests: run Snakemake on the repository's Snakefile, and one tiny real
+run shared by every test that needs outputs (see cohort.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SNAKEFILE = REPO / "Snakefile"
 
-
-def snakemake_env() -> dict[str, str]:
-    """The test's environment with this interpreter's bin first (so rules find `wsi-mil`)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 600):
-    """Run snakemake on the repository's Snakefile in ``workdir``; returns the CompletedProcess."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "-d", str(workdir)]
-    proc = subprocess.run(
-        cmd + list(args),
-        capture_output=True,
-        text=True,
-        env=snakemake_env(),
-        timeout=timeout,
-        cwd=workdir,
+def _load_cohort():
+    spec = importlib.util.spec_from_file_location(
+        "wsi_mil_test_cohort", Path(__file__).with_name("cohort.py")
     )
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-        )
-    return proc
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cohort = _load_cohort()
 
 
 def parse_job_counts(output: str) -> dict[str, int]:
@@ -55,10 +37,22 @@ def parse_job_counts(output: str) -> dict[str, int]:
 @pytest.fixture(scope="session")
 def snakemake():
     """``snakemake(workdir, *args, check=True)``: run the repository's workflow in ``workdir``."""
-    return run_snakemake
+    return cohort.run_snakemake
 
 
 @pytest.fixture(scope="session")
 def job_counts():
     """``job_counts(stdout)``: the 'Job stats' table of a run as {rule: count}."""
     return parse_job_counts
+
+
+@pytest.fixture(scope="session")
+def wf():
+    """The helpers of cohort.py (config writer, cohort maker, constants)."""
+    return cohort
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory) -> Path:
+    """Workdir of the full workflow run on the tiny cohort (results/ inside)."""
+    return cohort.e2e_run(cohort.cache_dir(tmp_path_factory))

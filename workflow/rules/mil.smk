@@ -31,10 +31,11 @@ rule splits:
         folds=MIL["folds"],
         seed=MIL["seed"],
         val_fraction=MIL["val_fraction"],
+        bins=MIL["survival_bins"],
     shell:
         "wsi-mil splits {input.table:q} -o {output:q} --task-type {params.task_type}"
         " --folds {params.folds} --seed {params.seed} --val-fraction {params.val_fraction}"
-        " > {log:q} 2>&1"
+        " --survival-bins {params.bins} > {log:q} 2>&1"
 
 
 # the files the train command writes into its output folder
@@ -59,7 +60,7 @@ TRAIN_SHELL = (
     "wsi-mil train --features {params.features:q} --labels {input.table:q}"
     " --slides-table {input.slides_table:q} --splits {input.splits:q} --fold {wildcards.fold}"
     " --method {wildcards.method} --task-type {params.task_type} -o {params.outdir:q}"
-    " {params.teacher} --config {params.config:q} > {log:q} 2>&1"
+    " {params.teacher} --threads {threads} --config {params.config:q} > {log:q} 2>&1"
 )
 
 
@@ -95,7 +96,7 @@ rule train_with_teacher:
     log:
         f"{RESULTS}/logs/train/{{task}}/{{encoder}}/{{method}}/fold{{fold}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{task}}/{{encoder}}/{{method}}/fold{{fold}}.tsv"
+        f"{RESULTS}/benchmarks/train_with_teacher/{{task}}/{{encoder}}/{{method}}/fold{{fold}}.tsv"
     wildcard_constraints:
         method=alternatives(STUDENT_METHODS),
     conda:

@@ -36,10 +36,15 @@ rule report:
         qc=[f"{RESULTS}/qc/{s}.png" for s in SLIDE_IDS],
         features=[features_path(e, s) for e in ENCODERS for s in SLIDE_IDS],
     output:
-        report(
+        html=report(
             f"{RESULTS}/report/index.html",
             caption="../report/index.rst",
             category="Summary",
+        ),
+        slides=report(
+            f"{RESULTS}/report/slides.csv",
+            caption="../report/slides_csv.rst",
+            category="Slides",
         ),
     log:
         f"{RESULTS}/logs/report.log",
@@ -54,5 +59,5 @@ rule report:
     params:
         results=lambda w, input: os.path.dirname(input.summary),
     shell:
-        "wsi-mil report {params.results:q} --summary {input.summary:q} -o {output:q}"
+        "wsi-mil report {params.results:q} --summary {input.summary:q} -o {output.html:q}"
         " > {log:q} 2>&1"
