@@ -155,7 +155,7 @@ class GlobalRecycleNetwork(nn.Module):
     @torch.no_grad()
     def ema_update(self, output: torch.Tensor, momentum: float) -> None:
         """queries <- momentum * queries + (1 - momentum) * output."""
-        self.queries.lerp_(output.detach(), 1.0 - momentum)
+        self.queries.lerp_(output.detach().to(self.queries.dtype), 1.0 - momentum)
 
 
 class MHIM(MILModel):

@@ -141,3 +141,34 @@ def test_fits_a_planted_signal(name):
     before = eval_ce(model, bags, labels)
     after = eval_ce(fit(model, bags, labels), bags, labels)
     assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("sharpness", [1.0, 5.0])
+def test_spectral_pinv_equals_the_unrolled_nystrom_iteration(sharpness):
+    from pipeline.mil.models.transmil import iterative_pinv, spectral_pinv
+
+    torch.manual_seed(0)  # low-rank landmark logits: a2 is near-singular, as in a real bag
+    logits = torch.randn(4, 64, 3, dtype=torch.double) @ torch.randn(4, 3, 64, dtype=torch.double)
+    w, g = torch.randn(4, 64, 8, dtype=torch.double), torch.randn(4, 64, 8, dtype=torch.double)
+    results = []
+    for pinv in (iterative_pinv, spectral_pinv):
+        x = (logits * sharpness).requires_grad_()
+        z = pinv(x.softmax(-1), 6)
+        ((z @ w) * g).sum().backward()
+        results.append((z.detach(), x.grad))
+    (z1, g1), (z2, g2) = results
+    torch.testing.assert_close(z2, z1, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(g2, g1, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 16, 17, 100])
+def test_transmil_cls_only_layer_equals_full_layer(n):
+    torch.manual_seed(0)
+    model = create_mil_model("transmil", 8, 2, {"hidden_dim": 32, "landmarks": 16})
+    attn = model.attn2.double().eval()
+    x = torch.randn(n, 32, dtype=torch.double)
+    full, cls_row, values = attn(x)
+    torch.testing.assert_close(attn(x, cls_only=True)[0], full[:1])
+    assert cls_row.shape == (8, n - 1) and values.shape == (8, n - 1, 4)
+    if n <= 16:  # exact attention: the CLS row is a probability distribution over all tokens
+        assert torch.all(cls_row >= 0) and torch.all(cls_row.sum(1) <= 1 + 1e-12)
