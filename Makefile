@@ -21,7 +21,8 @@ $(DEMO)/data/labels.csv: | $(STAMP)
 	$(BIN)/wsi-mil synth $(DEMO)/data --slides 24 --seed 0
 
 demo: $(STAMP) $(DEMO)/data/labels.csv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile workflow/demo.yaml --rerun-incomplete
+	$(BIN)/snakemake --cores $(CORES) --configfile workflow/demo.yaml --rerun-incomplete \
+		--set-threads train=1 train_with_teacher=1
 	@echo "Report: $(DEMO)/results/report/index.html"
 
 lint: $(STAMP)

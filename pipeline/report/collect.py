@@ -132,7 +132,16 @@ def stage_times(results: str | os.PathLike) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(grouped)
-    pipeline_order = ["tile", "extract", "splits", "train", "train_with_teacher", "evaluate"]
+    pipeline_order = [
+        "tile",
+        "extract",
+        "splits",
+        "train",
+        "train_with_teacher",
+        "evaluate",
+        "summary",
+        "report",
+    ]
     rank = {s: i for i, s in enumerate(pipeline_order)}
     table["_rank"] = [rank.get(s, len(rank) + order[s]) for s in table["stage"]]
     return table.sort_values("_rank").drop(columns="_rank").reset_index(drop=True)

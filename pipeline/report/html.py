@@ -30,6 +30,8 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:.4em;
 padding:.5em 1em}.card b{font-size:1.3em;display:block}
 img.thumb{max-width:220px;max-height:160px}img.fig{max-width:100%}
+.figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;max-width:100%}
+figcaption{font-weight:600;font-size:.9em;margin:.3em 0}figure p.small{max-width:40em}
 details pre{background:#f8f8f8;padding:.5em;font-size:.8em;overflow:auto}
 .small{font-size:.8em;color:#555}
 """
@@ -191,13 +193,16 @@ def task_section(section: TaskSection) -> str:
         parts.append("<p>No results for this task.</p>")
     else:
         parts.append(results_table(section.results))
-    for fig in section.figures:
-        parts.append(f"<h4>{esc(fig.title)}</h4>")
-        parts.append(
-            f'<img class="fig" alt="{esc(fig.title)}" src="{data_uri(fig.png, "image/png")}">'
-        )
-        if fig.caption:
-            parts.append(f'<p class="small">{esc(fig.caption)}</p>')
+    if section.figures:
+        parts.append('<div class="figs">')
+        for fig in section.figures:
+            parts.append(
+                f"<figure><figcaption>{esc(fig.title)}</figcaption>"
+                f'<img class="fig" alt="{esc(fig.title)}" src="{data_uri(fig.png, "image/png")}">'
+                + (f'<p class="small">{esc(fig.caption)}</p>' if fig.caption else "")
+                + "</figure>"
+            )
+        parts.append("</div>")
     return "".join(parts)
 
 

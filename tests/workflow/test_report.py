@@ -153,8 +153,8 @@ def test_report_lists_failed_slide_with_reason_and_empty_slide(page):
 def test_report_has_qc_thumbnails_km_and_roc(page):
     assert page.count('src="data:image/jpeg;base64,') == 3  # one thumbnail per slide
     assert page.count('href="../qc/') == 3  # linked to the full QC picture
-    assert page.count("<h4>Kaplan–Meier, high vs low predicted risk") == 1
-    assert page.count("<h4>ROC curves per fold") == 1
+    assert page.count("<figcaption>Kaplan–Meier, high vs low predicted risk") == 1
+    assert page.count("<figcaption>ROC curves per fold") == 1
 
 
 def test_report_stage_times_come_from_benchmarks(results, page):

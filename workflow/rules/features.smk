@@ -23,12 +23,10 @@ rule extract:
         gpu=0 if FEATURES["device"] == "cpu" else 1,
         mem_mb=16000,
         runtime=120,
+    # batch size, workers, device and precision come from --config: changing how features are
+    # computed re-runs nothing, changing what they are (weights, precision, dtype) re-runs all
     params:
         weights=lambda w: FEATURES["weights"].get(w.encoder, "pretrained"),
-        batch_size=FEATURES["batch_size"],
-        workers=FEATURES["workers"],
-        device=FEATURES["device"],
-        precision=FEATURES["precision"],
         config=EFFECTIVE_CONFIG,
         settings=lambda w: settings_digest(
             f"features.weights.{w.encoder}", "features.precision", "features.dtype"
@@ -36,6 +34,4 @@ rule extract:
     shell:
         "wsi-mil extract {input.slide:q} {input.tiles:q} -o {output:q}"
         " --encoder {wildcards.encoder} --weights {params.weights:q}"
-        " --batch-size {params.batch_size} --workers {params.workers}"
-        " --device {params.device} --precision {params.precision}"
         " --config {params.config:q} > {log:q} 2>&1"
