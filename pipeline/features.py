@@ -208,12 +208,15 @@ class PatchBatches:
 
 
 def _decode_worker_init(worker_id: int) -> None:
-    """Each decoding worker uses one thread: parallelism comes from the number of workers."""
-    import cv2
+    """Each decoding worker uses one torch thread: parallelism comes from the number of workers.
+
+    OpenCV's limit is set in the parent before the fork (see :func:`make_loader`): its thread pool
+    does not survive a fork, and ``cv2.setNumThreads`` in a child whose parent had used the pool
+    deadlocks.
+    """
     import torch
 
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def thread_budget() -> int:
@@ -242,8 +245,14 @@ def configure_threads(workers: int) -> dict[str, int]:
 
 
 def make_loader(dataset: PatchBatches, workers: int, pin_memory: bool):
+    """A DataLoader over whole batches; with workers, OpenCV is limited to one thread first so that
+    forked workers inherit the limit (decoding processes must not each start a pool of threads)."""
     from torch.utils.data import DataLoader
 
+    if workers:
+        import cv2
+
+        cv2.setNumThreads(1)
     return DataLoader(
         dataset,
         batch_size=None,  # items are already batches
@@ -474,7 +483,7 @@ def extract_features(
         with StoreWriter(out_path, shapes, chunk_rows=chunk_rows) as writer:
             writer.write("coords", 0, coords.astype(np.int32))
             rows = ChunkedRows(writer, "features", chunk_rows)
-            for batch in _encode(
+            for batch in encode_batches(
                 encoder,
                 make_loader(dataset, options.workers, device.type == "cuda"),
                 device,
@@ -505,7 +514,7 @@ def extract_features(
     return attrs
 
 
-def _encode(encoder, loader, device, precision: str) -> Iterator[np.ndarray]:
+def encode_batches(encoder, loader, device, precision: str) -> Iterator[np.ndarray]:
     """Features per batch as float32 numpy, fetched one batch late so the GPU queue stays full."""
     import torch
 

@@ -161,6 +161,27 @@ def test_each_process_opens_the_slide_once(tmp_path, cmu, tile_store, monkeypatc
     assert len(workers) == 2 and len(set(workers)) == 2
 
 
+@pytest.mark.timeout(60)
+def test_workers_do_not_deadlock_after_the_parent_used_opencv_threads(tmp_path, cmu_tiles, cmu):
+    """OpenCV's thread pool does not survive fork; a worker touching it after the parent used it
+    hung forever (found by the benchmark, which reads patches in the parent first)."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        cv2.resize(np.zeros((2048, 2048, 3), np.uint8), (1024, 1024), interpolation=cv2.INTER_AREA)
+        opts = ExtractOptions(batch_size=2, workers=2, device="cpu")
+        extract_features(
+            cmu,
+            read_tiles(cmu_tiles),
+            tmp_path / "f.zarr",
+            create_encoder("efficientnet_lite0"),
+            opts,
+        )
+    finally:
+        cv2.setNumThreads(before)
+    assert read_array(tmp_path / "f.zarr", "features").shape == (5, 1280)
+
+
 def test_empty_tile_store_gives_empty_feature_store(tmp_path, cmu, tile_store):
     tiles = tile_store(tmp_path / "t.zarr", cmu, [])
     out = tmp_path / "f.zarr"
