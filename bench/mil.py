@@ -5,21 +5,34 @@ planted signal, batch size 1, Adam (lr 2e-4, weight decay 1e-5), cross-entropy, 
 Features are held in memory as float16 and cast per bag, as ``wsi-mil train`` does. MHIM methods get a
 teacher from a freshly initialised baseline (timing does not depend on its weights).
 
-Reference: the public MHIM-MIL code (github.com/DearCaat/MHIM-MIL) takes 4.1 / 8.3 / 74.5 / 85.6 s per epoch
-for AB-MIL / MHIM-v2(AB-MIL) / TransMIL / MHIM-v2(TransMIL) on this workload on this machine (figures
-stated in issue 5 by the project lead; that code was not re-run here). Each method runs in a fresh
-subprocess so that peak resident memory (``ru_maxrss``) is its own; the resident memory once the bags
-are loaded is printed beside it. A matmul calibration (GFLOP/s of a 2900x1024 @ 1024x512 product) is
-printed so runs on a busy or quiet machine can be compared.
+Two baselines:
+
+* ``public``: the public MHIM-MIL code (github.com/DearCaat/MHIM-MIL) takes 4.1 / 8.3 / 74.5 / 85.6 s per
+  epoch for AB-MIL / MHIM-v2(AB-MIL) / TransMIL / MHIM-v2(TransMIL) on this workload on this machine.
+  These are the figures stated in issue 5 by the project lead (that code is not re-run here), so they
+  carry whatever load the machine had then.
+* ``same-process``: our models switched to the public code's way of computing (``--reference``): torch's
+  dropout, the Nystrom pseudo-inverse unrolled through autograd and multiplied ``(a1 @ pinv) @ (a3 @ v)``,
+  every token through TransMIL's last layer, PPEG as three convolutions with autograd backward, sequences
+  shorter than the landmarks padded to them, the GRN projecting every masked instance to keys and values.
+  Same weights and maths, none of our speed-ups, run on the same machine minutes apart: this ratio is
+  what our implementation buys, independent of the machine's load. It runs ``--reference-bags`` bags
+  (default 12) and is scaled to ``--bags``.
+
+Each run is a fresh subprocess so that peak resident memory (``ru_maxrss``) is its own; the resident
+memory once torch is imported and the bags are loaded is printed beside it. A matmul calibration (GFLOP/s
+of a 2900x1024 @ 1024x512 product) tells how busy the machine was.
 
     .venv/bin/python bench/mil.py                               # the four issue methods
-    .venv/bin/python bench/mil.py --methods abmil,dsmil,msm --bags 8
+    .venv/bin/python bench/mil.py --methods abmil,dsmil,msm --bags 8 --reference-bags 0
+    .venv/bin/python bench/mil.py --precision bf16              # autocast bfloat16 linear layers
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -27,7 +40,7 @@ import subprocess
 import sys
 import time
 
-REFERENCE_S_PER_EPOCH = {  # public MHIM-MIL code, this workload, this machine, 1 thread (issue 5)
+PUBLIC_S_PER_EPOCH = {  # public MHIM-MIL code, this workload, this machine, 1 thread (issue 5)
     "abmil": 4.1,
     "mhim_abmil": 8.3,
     "transmil": 74.5,
@@ -67,28 +80,92 @@ def calibrate_gflops() -> float:
     return 5 * 2 * 2900 * 1024 * 512 / (time.perf_counter() - t0) / 1e9
 
 
-def run_one(
-    method: str, bags_n: int, instances: int, dim: int, seed: int, threads: int, precision: str
-) -> dict:
+# --- the public code's way of computing, applied to our modules ---------------------------------------
+def use_reference_computation(model) -> None:
+    """Switch every submodule of ``model`` to the public code's computation (see module docstring)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from pipeline.mil.mhim import GlobalRecycleNetwork
+    from pipeline.mil.models.common import Dropout
+    from pipeline.mil.models.transmil import PPEG, NystromAttention, iterative_pinv
+
+    class ReferenceNystrom(NystromAttention):
+        def forward(self, x, cls_only=False):
+            n, dim = x.shape
+            h, d, m = self.heads, self.dim_head, self.landmarks
+            pad = (-n) % m
+            xp = F.pad(x, (0, 0, pad, 0))
+            q, k, v = self.to_qkv(xp).view(-1, 3, h, d).permute(1, 2, 0, 3)
+            q = q * self.scale
+            seg = math.ceil(n / m)
+            q_l = q.reshape(h, m, seg, d).sum(2) / seg
+            k_l = k.reshape(h, m, seg, d).sum(2) / seg
+            a1 = (q @ k_l.transpose(-1, -2)).softmax(-1)
+            a2 = (q_l @ k_l.transpose(-1, -2)).softmax(-1)
+            a3 = (q_l @ k.transpose(-1, -2)).softmax(-1)
+            z = iterative_pinv(a2, self.pinv_iterations)
+            out = (a1 @ z) @ (a3 @ v) + self.res_conv(v.unsqueeze(0)).squeeze(0)
+            out = self.to_out(out.transpose(0, 1).reshape(-1, dim))[pad:]
+            cls_row = ((a1[:, pad : pad + 1] @ z) @ a3)[:, 0, pad + 1 :]
+            if cls_only:
+                return out[:1], None, None
+            return out, cls_row, v[:, pad + 1 :]
+
+    class ReferencePPEG(PPEG):
+        def forward(self, x):
+            n, c = x.shape
+            side = math.ceil(math.sqrt(n))
+            img = torch.cat([x, x[: side * side - n]]).t().reshape(1, c, side, side)
+            out = self.proj(img) + img + self.proj1(img) + self.proj2(img)
+            return out.reshape(c, side * side).t()[:n]
+
+    class ReferenceGRN(GlobalRecycleNetwork):
+        def forward(self, h):
+            k, v = self.to_kv(self.norm(h)).view(h.shape[0], 2, self.heads, -1).permute(1, 2, 0, 3)
+            q = (
+                self.to_q(self.norm(self.queries))
+                .view(-1, self.heads, self.dim_head)
+                .transpose(0, 1)
+            )
+            attn = self.attn_dropout((q @ k.transpose(-1, -2) * self.dim_head**-0.5).softmax(-1))
+            return self.to_out((attn @ v).transpose(0, 1).reshape(q.shape[1], -1))
+
+    swaps = [
+        (NystromAttention, ReferenceNystrom),
+        (PPEG, ReferencePPEG),
+        (GlobalRecycleNetwork, ReferenceGRN),
+        (Dropout, nn.Dropout),
+    ]
+    for module in model.modules():
+        for ours, reference in swaps:
+            if type(module) is ours:
+                module.__class__ = reference
+
+
+def run_one(args, method: str, reference: bool) -> dict:
     """Train ``method`` for one epoch in this process; return timing and memory."""
     import torch
     import torch.nn.functional as F
 
     from pipeline.mil.models import create_mil_model, method_info
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    bags, labels = make_bags(bags_n, instances, dim, seed)
-    model = create_mil_model(method, dim, 2, {})
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    n_bags = args.reference_bags if reference else args.bags
+    bags, labels = make_bags(n_bags, args.instances, args.dim, args.seed)
+    model = create_mil_model(method, args.dim, 2, {})
     if model.needs_teacher:
-        baseline = create_mil_model(method_info(method)["baseline"], dim, 2, {})
+        baseline = create_mil_model(method_info(method)["baseline"], args.dim, 2, {})
         model.load_teacher(baseline.state_dict())
+    if reference:
+        use_reference_computation(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=2e-4, weight_decay=1e-5)
     rss_loaded = _rss_mb()
     targets = [torch.tensor([y]) for y in labels]
-
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def step(x, target, progress):
         with autocast:
@@ -102,15 +179,17 @@ def run_one(
         return loss.item()
 
     model.train()
-    step(bags[0][:64], targets[0], 0.0)  # warm-up: allocator and kernels, not timed
+    step(bags[0][:300], targets[0], 0.0)  # warm-up: allocator and kernels, not timed
     t0, c0 = time.perf_counter(), time.process_time()
-    losses = [step(x, t, i / bags_n) for i, (x, t) in enumerate(zip(bags, targets, strict=True))]
+    losses = [step(x, t, i / n_bags) for i, (x, t) in enumerate(zip(bags, targets, strict=True))]
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    scale = args.bags / n_bags if reference else 1.0  # the reference runs fewer bags
     return {
         "method": method,
-        "precision": precision,
-        "s_per_epoch": seconds,
-        "cpu_s_per_epoch": cpu_seconds,
+        "reference": reference,
+        "bags": n_bags,
+        "s_per_epoch": seconds * scale,
+        "cpu_s_per_epoch": cpu_seconds * scale,
         "peak_rss_mb": _rss_mb(),
         "rss_after_load_mb": rss_loaded,
         "parameters": sum(p.numel() for p in params),
@@ -118,10 +197,46 @@ def run_one(
     }
 
 
+def _subprocess(args, method: str, reference: bool) -> dict | str:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        method,
+        "--bags",
+        str(args.bags),
+        "--instances",
+        str(args.instances),
+        "--dim",
+        str(args.dim),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--precision",
+        args.precision,
+        "--reference-bags",
+        str(args.reference_bags),
+    ]
+    if reference:
+        cmd.append("--reference")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        return "FAILED: " + " ".join(proc.stderr.strip().splitlines()[-1:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--bags", type=int, default=48)
+    ap.add_argument(
+        "--reference-bags",
+        type=int,
+        default=12,
+        help="bags timed for the same-process reference (scaled to --bags); 0 skips it",
+    )
     ap.add_argument("--instances", type=int, default=2900)
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
@@ -130,71 +245,53 @@ def main() -> int:
         "--precision",
         default="fp32",
         choices=["fp32", "bf16"],
-        help="bf16 = torch.autocast bfloat16 for the linear layers (attention maths stays fp32)",
+        help="bf16: torch.autocast bfloat16 for the linear layers (attention maths stays fp32)",
     )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method, print JSON
+    ap.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        res = run_one(
-            args.one, args.bags, args.instances, args.dim, args.seed, args.threads, args.precision
-        )
-        print(json.dumps(res))
+        print(json.dumps(run_one(args, args.one, args.reference)))
         return 0
 
     import torch
 
     torch.set_num_threads(args.threads)
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, threads={args.threads}, load avg {os.getloadavg()[0]:.1f}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads={args.threads}, load avg {os.getloadavg()[0]:.1f}"
     )
     print(f"calibration: 2900x1024x512 matmul at {calibrate_gflops():.1f} GFLOP/s")
     print(
         f"workload: {args.bags} bags x ~{args.instances} x {args.dim}, 1 epoch, batch 1, Adam, "
         f"{args.precision}"
     )
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    header = (
-        f"{'method':15s} {'s/epoch':>8s} {'CPU s':>7s} {'ref s/epoch':>11s} {'speed-up':>8s} "
-        f"{'peak RSS MB':>11s} "
-        f"{'loaded MB':>9s} {'params':>9s}"
-    )
-    print(header)
-    for method in args.methods.split(","):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--one",
-            method,
-            "--bags",
-            str(args.bags),
-            "--instances",
-            str(args.instances),
-            "--dim",
-            str(args.dim),
-            "--threads",
-            str(args.threads),
-            "--seed",
-            str(args.seed),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode:
-            print(f"{method:15s} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        ref = REFERENCE_S_PER_EPOCH.get(method)
-        # the reference covers 48 bags; scale it when fewer bags are timed
-        ref_scaled = ref * args.bags / 48 if ref else None
-        ratio = f"{ref_scaled / r['s_per_epoch']:7.2f}x" if ref_scaled else "       -"
-        ref_txt = f"{ref_scaled:11.1f}" if ref_scaled else f"{'-':>11s}"
-        print(
-            f"{method:15s} {r['s_per_epoch']:8.2f} {r['cpu_s_per_epoch']:7.2f} {ref_txt} {ratio:>8s} "
-            f"{r['peak_rss_mb']:11.0f} "
-            f"{r['rss_after_load_mb']:9.0f} {r['parameters']:9d}"
-        )
     print(
-        f"load avg at the end {os.getloadavg()[0]:.1f} (a shared machine inflates every figure; "
-        "speed-up = reference wall time / our wall time)"
+        f"{'method':14s} {'s/epoch':>8s} {'CPU s':>6s} {'peak RSS':>8s} {'loaded':>7s} "
+        f"{'same-proc ref':>13s} {'speed-up':>8s} {'public':>7s} {'speed-up':>8s}"
+    )
+    for method in args.methods.split(","):
+        ours = _subprocess(args, method, reference=False)
+        if isinstance(ours, str):
+            print(f"{method:14s} {ours}")
+            continue
+        line = (
+            f"{method:14s} {ours['s_per_epoch']:8.2f} {ours['cpu_s_per_epoch']:6.2f} "
+            f"{ours['peak_rss_mb']:6.0f}MB {ours['rss_after_load_mb']:5.0f}MB "
+        )
+        ref = _subprocess(args, method, reference=True) if args.reference_bags else None
+        if isinstance(ref, dict):
+            line += f"{ref['s_per_epoch']:13.2f} {ref['s_per_epoch'] / ours['s_per_epoch']:7.2f}x "
+        else:
+            line += f"{'-':>13s} {'-':>8s} "
+        public = PUBLIC_S_PER_EPOCH.get(method)
+        if public:
+            public_scaled = public * args.bags / 48
+            line += f"{public_scaled:7.1f} {public_scaled / ours['s_per_epoch']:7.2f}x"
+        print(line, flush=True)
+    print(
+        f"load avg at the end {os.getloadavg()[0]:.1f} (a shared machine inflates every figure); "
+        "speed-up = baseline wall time / our wall time"
     )
     return 0
 

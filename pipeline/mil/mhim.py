@@ -141,16 +141,20 @@ class GlobalRecycleNetwork(nn.Module):
         self.register_buffer("queries", torch.empty(queries, dim).uniform_(-bound, bound))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``h [M, dim]`` (M >= 1) -> ``[K, dim]``."""
-        k, v = (
-            self.to_kv(self.norm(h))
-            .view(h.shape[0], 2, self.heads, self.dim_head)
-            .permute(1, 2, 0, 3)
-        )
-        q = self.to_q(self.norm(self.queries)).view(-1, self.heads, self.dim_head).transpose(0, 1)
-        attn = self.attn_dropout((q @ k.transpose(-1, -2) * self.dim_head**-0.5).softmax(-1))
-        out = (attn @ v).transpose(0, 1).reshape(q.shape[1], -1)  # [K, dim]
-        return self.to_out(out)
+        """``h [M, dim]`` (M >= 1) -> ``[K, dim]``.
+
+        Evaluated as (q W_k) x^T and (a x) W_v instead of projecting every instance to keys and values:
+        the same numbers, ~10x fewer multiply-adds for K queries over thousands of masked instances.
+        """
+        dim, heads, d = h.shape[1], self.heads, self.dim_head
+        x = self.norm(h)  # [M, dim]
+        q = self.to_q(self.norm(self.queries)).view(-1, heads, d)  # [K, heads, d]
+        w_k, w_v = self.to_kv.weight.view(2, heads, d, dim).unbind(0)  # [heads, d, dim] each
+        qk = torch.einsum("khd,hdc->hkc", q, w_k) * d**-0.5  # [heads, K, dim]
+        attn = self.attn_dropout((qk @ x.t().to(qk.dtype)).softmax(-1))  # [heads, K, M]
+        context = attn @ x.to(attn.dtype)  # [heads, K, dim]
+        out = torch.einsum("hkc,hdc->khd", context, w_v.to(context.dtype))  # [K, heads, d]
+        return self.to_out(out.reshape(q.shape[0], dim))
 
     @torch.no_grad()
     def ema_update(self, output: torch.Tensor, momentum: float) -> None:
