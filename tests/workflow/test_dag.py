@@ -192,3 +192,9 @@ def test_every_rule_has_log_benchmark_conda_resources(rule_file):
         if constant:  # a command shared by two rules, defined once in the file
             shell = text.split(f"{constant.group(1)} = ")[1]
         assert re.match(r'\s*\(?\s*"wsi-mil \w', shell), f"rule {name} does not call wsi-mil"
+
+
+def test_snakemake_lint_passes(tmp_path, snakemake):
+    fake_cohort(tmp_path, n_slides=2, missing=0)
+    proc = snakemake(tmp_path, "--lint", "--configfile", str(REPO / "workflow" / "demo.yaml"))
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr

@@ -120,7 +120,7 @@ def third_party_imports(commands: set[str]) -> set[str]:
         for imported in _imports(path, top_only):
             root = imported.split(".")[0]
             if root == "pipeline":
-                todo.append((imported, False))
+                todo.append((imported, top_only))  # import-time imports stay import-time
             elif root not in sys.stdlib_module_names:
                 found.add(root)
     return found

@@ -1,0 +1,80 @@
+"""Killing Snakemake in the middle of feature extraction loses nothing: the re-run finishes the
+rest, recomputes no finished slide (mtimes unchanged) and no half-written store is ever visible."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.store import read_array
+
+pytestmark = pytest.mark.slow
+
+
+def stamp(store: Path) -> tuple[int, ...]:
+    """Modification times of a store folder and every file in it."""
+    return tuple(p.stat().st_mtime_ns for p in sorted([store, *store.rglob("*")]))
+
+
+def assert_complete(store: Path, tiles: Path) -> None:
+    features = read_array(store, "features")
+    assert features.shape == (len(read_array(tiles, "coords")), 1280)
+
+
+def test_killed_during_extraction_resumes_without_recomputing(e2e, wf, job_counts, tmp_path):
+    work = wf.copy_run(e2e, tmp_path / "run")
+    results = work / "results"
+    feats = results / "features" / wf.ENCODER
+    slides = sorted(
+        p.name[: -len(".zarr")] for p in feats.glob("*.zarr") if wf.BROKEN not in p.name
+    )
+    victims = slides[:2]
+    for sid in victims:
+        shutil.rmtree(feats / f"{sid}.zarr")
+    kept = {sid: stamp(feats / f"{sid}.zarr") for sid in slides if sid not in victims}
+    targets = [f"results/features/{wf.ENCODER}/{sid}.zarr" for sid in victims]
+
+    proc = subprocess.Popen(
+        wf.snakemake_cmd(work, "--cores", "1", *targets),
+        cwd=work,
+        env=wf.snakemake_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not any((feats / f"{sid}.zarr").exists() for sid in victims):
+            assert proc.poll() is None, "snakemake ended before the first store appeared"
+            assert time.monotonic() < deadline, "no feature store appeared in 300 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # mid-way: the next slide's extraction is under way
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    finished = [sid for sid in victims if (feats / f"{sid}.zarr").exists()]
+    assert len(finished) == 1  # one finished, the other was cut off
+    for sid in finished:  # what is there is complete; nothing half-written is left around
+        assert_complete(feats / f"{sid}.zarr", results / "tiles" / f"{sid}.zarr")
+    assert not [p.name for p in feats.iterdir() if p.name.startswith(".")]
+    done = {sid: stamp(feats / f"{sid}.zarr") for sid in finished}
+
+    rerun = wf.run_snakemake(work, "--cores", "1", *targets)
+    assert job_counts(rerun.stdout + rerun.stderr)["extract"] == len(victims) - len(finished)
+    for sid in victims:
+        assert_complete(feats / f"{sid}.zarr", results / "tiles" / f"{sid}.zarr")
+    for sid, before in {**kept, **done}.items():
+        assert stamp(feats / f"{sid}.zarr") == before, f"{sid} was recomputed"
+    # the whole workflow now needs no tiling or extraction, only what depends on new features
+    dry = wf.run_snakemake(work, "-n")
+    plan = job_counts(dry.stdout + dry.stderr)
+    assert "tile" not in plan and "extract" not in plan and plan["train"] > 0
