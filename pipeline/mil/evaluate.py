@@ -1,0 +1,130 @@
+"""Summarise a method's folds: mean ± std of the test metrics and the efficiency figures.
+
+Each fold directory's ``metrics.json`` already holds its test metrics computed with the protocol's rules
+(threshold from the validation part; see :mod:`pipeline.mil.metrics`), so the summary only aggregates,
+and refuses to mix methods, task types or protocols. A summary that includes a ``protocol: paper`` fold
+is marked ``optimistic`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import PipelineError
+from pipeline.mil.metrics import mean_std
+from pipeline.mil.train import OPTIMISTIC_NOTE
+
+EFFICIENCY_KEYS = (
+    "parameters",
+    "train_seconds_per_epoch",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "inference_slides_per_second",
+)
+
+
+def read_fold(fold_dir: str | os.PathLike) -> dict[str, Any]:
+    """A fold's ``metrics.json``; a clear error when the fold has not finished."""
+    path = Path(fold_dir) / "metrics.json"
+    if not path.is_file():
+        raise PipelineError(
+            fold_dir,
+            "no metrics.json: this fold has not finished training",
+            "Run (or re-run) `wsi-mil train` for it.",
+        )
+    return json.loads(path.read_text())
+
+
+def _same(folds: list[dict], key: str, dirs: Sequence) -> Any:
+    values = {str(f.get(key)) for f in folds}
+    if len(values) > 1:
+        raise PipelineError(
+            "evaluate",
+            f"the fold directories mix {key}s ({', '.join(sorted(values))})",
+            f"Pass the folds of one method and task ({', '.join(map(str, dirs))}).",
+        )
+    return folds[0].get(key)
+
+
+def summarize(fold_dirs: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """Mean ± std (ddof 0) over folds of every test metric and efficiency figure."""
+    if not fold_dirs:
+        raise PipelineError("evaluate", "no fold directory given", "Pass the fold{k} directories.")
+    folds = [read_fold(d) for d in fold_dirs]
+    numbers = [f["fold"] for f in folds]
+    if len(set(numbers)) < len(numbers):
+        raise PipelineError("evaluate", f"fold numbers repeat: {numbers}", "Pass each fold once.")
+    method = _same(folds, "method", fold_dirs)
+    task_type = _same(folds, "task_type", fold_dirs)
+    optimistic = any(f.get("optimistic") for f in folds)
+    metric_names = [
+        k
+        for k, v in folds[0]["test"].items()
+        if isinstance(v, int | float) and k not in ("events", "cases")
+    ]
+    metrics = {}
+    for name in metric_names:
+        values = [f["test"].get(name) for f in folds]
+        metrics[name] = {**mean_std(values), "values": values}
+    efficiency = {}
+    for name in EFFICIENCY_KEYS:
+        values = [f.get("efficiency", {}).get(name) for f in folds]
+        if any(v is not None for v in values):
+            efficiency[name] = {**mean_std(values), "values": values}
+    summary = {
+        "method": method,
+        "task_type": task_type,
+        "protocol": "paper" if optimistic else "holdout",
+        "optimistic": optimistic,
+        **({"note": OPTIMISTIC_NOTE} if optimistic else {}),
+        "n_folds": len(folds),
+        "folds": numbers,
+        "fold_dirs": [str(d) for d in fold_dirs],
+        "metrics": metrics,
+        "efficiency": efficiency,
+        "per_fold": [
+            {
+                "fold": f["fold"],
+                "test": f["test"],
+                "best_epoch": f.get("best_epoch"),
+                "epochs_run": f.get("epochs_run"),
+                "n_bags": f.get("n_bags"),
+            }
+            for f in folds
+        ],
+    }
+    return summary
+
+
+def summary_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per ``summary.json`` (method, task, metric mean/std, efficiency means) for a cohort table."""
+    rows = []
+    for path in summary_paths:
+        s = json.loads(Path(path).read_text())
+        row: dict[str, Any] = {
+            "summary": str(path),
+            "method": s["method"],
+            "task_type": s["task_type"],
+            "protocol": s["protocol"],
+            "optimistic": s["optimistic"],
+            "n_folds": s["n_folds"],
+        }
+        for name, m in s["metrics"].items():
+            row[f"{name}_mean"], row[f"{name}_std"] = m["mean"], m["std"]
+        for name, m in s["efficiency"].items():
+            row[name] = m["mean"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short human-readable line per metric for the log."""
+    tag = " (OPTIMISTIC: paper protocol)" if summary["optimistic"] else ""
+    parts = [f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary["metrics"].items()]
+    return f"{summary['method']} over {summary['n_folds']} folds: " + ", ".join(parts) + tag

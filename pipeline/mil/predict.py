@@ -1,0 +1,169 @@
+"""Apply a trained fold model to new slides (an external cohort): rebuild it from ``model.json`` + ``model.pt``.
+
+``model.json`` (written beside the state dict by the trainer) records the method, input dimension,
+number of outputs, the ``mil`` config it was built with and the task (class names and the binary
+threshold chosen on the validation part; or the survival bin edges), which is all that is needed to
+rebuild the network without the training data. With a labels/survival table the cohort is also scored
+(the same metrics as the test folds, with the *training-time* threshold).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.log import get_logger
+from pipeline.mil.data import Bag, FeatureBank
+from pipeline.mil.tasks import (
+    ClassificationTask,
+    SurvivalTask,
+    Task,
+    read_table,
+    task_from_metadata,
+)
+from pipeline.mil.train import resolve_device, run_inference
+
+log = get_logger("mil.predict")
+
+
+def load_trained(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``(model in eval mode, model.json dict)`` of a fold directory."""
+    from pipeline.mil.models import create_mil_model
+
+    d = Path(model_dir)
+    meta_path, weights = d / "model.json", d / "model.pt"
+    if not meta_path.is_file() or not weights.is_file():
+        raise PipelineError(
+            d,
+            "no trained model here (model.json and model.pt expected)",
+            "Pass a fold directory written by `wsi-mil train`.",
+        )
+    meta = json.loads(meta_path.read_text())
+    model = create_mil_model(
+        meta["method"], int(meta["in_dim"]), int(meta["n_outputs"]), meta["cfg"]
+    )
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise PipelineError(
+            weights,
+            f"weights do not fit the {meta['method']} model ({err})",
+            "model.pt and model.json must come from the same training run.",
+        ) from err
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    return model.to(device).eval(), meta
+
+
+def labelled_task(task: Task, labels, slides_table) -> Task:
+    """The trained task re-applied to a labelled cohort (same classes and threshold, or same bin edges)."""
+    if isinstance(task, ClassificationTask):
+        labelled = ClassificationTask(
+            read_table(labels, ["slide_id", "label"], "labels"),
+            classes=task.classes,
+            source=str(labels),
+        )
+        labelled.threshold = task.threshold
+        return labelled
+    labelled = SurvivalTask.from_csv(labels, slides_table, n_bins=task.n_bins)
+    labelled.edges = task.edges
+    return labelled
+
+
+def unlabelled_bags(task: Task, bank: FeatureBank, slides_table) -> list[Bag]:
+    """Bags without targets: one per slide (classification) or per case of the slides table (survival)."""
+    if isinstance(task, ClassificationTask) or slides_table is None:
+        return [Bag(s, s, (s,), None, bank) for s in bank.slides]
+    mapping = read_table(slides_table, ["slide_id", "case_id"], "slides")
+    mapping = mapping[mapping["slide_id"].map(lambda s: s in bank)]
+    return [
+        Bag(case, case, tuple(sorted(g)), None, bank)
+        for case, g in mapping.groupby("case_id")["slide_id"]
+    ]
+
+
+def predict(
+    model_dir, features_dir, labels=None, slides_table=None, device="auto"
+) -> dict[str, Any]:
+    """Scores for every slide/case of ``features_dir``; metrics too when ``labels`` is given."""
+    device = resolve_device(device)
+    model, meta = load_trained(model_dir, device)
+    task = task_from_metadata(meta["task"])
+    if labels is not None:
+        task = labelled_task(task, labels, slides_table)
+        bank = FeatureBank.load(features_dir, task.wanted_slides())
+        bags = task.make_bags(bank)
+        task.encode(bags)
+    else:
+        bank = FeatureBank.load(features_dir)
+        bags = unlabelled_bags(task, bank, slides_table)
+    if bank.dim is not None and bank.dim != int(meta["in_dim"]):
+        raise PipelineError(
+            features_dir,
+            f"features are {bank.dim}-d, the model expects {meta['in_dim']}-d",
+            "Use features from the encoder the model was trained on.",
+        )
+    if not bags:
+        raise PipelineError(features_dir, "no slide to predict", "Check the features directory.")
+    outputs, _, seconds = run_inference(model, task, bags, device)
+    result: dict[str, Any] = {
+        "predictions": task.prediction_frame(bags, outputs, None),
+        "method": meta["method"],
+        "model_dir": str(model_dir),
+        "bags": len(bags),
+        "inference_slides_per_second": sum(len(b.slide_ids) for b in bags) / max(seconds, 1e-9),
+        "missing_slides": bank.missing,
+        "empty_slides": bank.empty,
+        "optimistic_model": bool(meta.get("optimistic")),
+    }
+    if labels is not None:
+        result["metrics"] = task.metrics({"external": (bags, outputs)}, threshold_role="training")[
+            "external"
+        ]
+        result["threshold"] = getattr(task, "threshold", None)
+    log.info(
+        "predicted %d bag(s) with %s from %s in %.2f s",
+        len(bags),
+        meta["method"],
+        model_dir,
+        seconds,
+    )
+    return result
+
+
+@torch.no_grad()
+def write_instance_scores(model_dir, features_dir, outdir, device="auto") -> int:
+    """Per-slide ``{slide}.zarr`` with ``scores`` [N] (the model's instance scores, e.g. attention) and
+    ``coords`` [N,2], for heatmaps; returns the number of slides written. Models without instance scores
+    (TransMIL) raise."""
+    from pipeline.store import write_store
+
+    device = resolve_device(device)
+    model, meta = load_trained(model_dir, device)
+    bank = FeatureBank.load(features_dir)
+    written = 0
+    for slide in bank.slides:
+        out = model(bank.get(slide).float().to(device))
+        if "instance_scores" not in out:
+            raise PipelineError(
+                meta["method"],
+                "this model gives no instance scores",
+                "Use an attention-based method (abmil, dsmil, mhim_abmil, ...).",
+            )
+        scores = out["instance_scores"].float().cpu().numpy().reshape(-1)
+        coords = bank.coords(slide)
+        arrays = {"scores": scores.reshape(-1, 1)}
+        if coords is not None:
+            arrays["coords"] = coords.astype("int32")
+        write_store(
+            Path(outdir) / f"{slide}.zarr",
+            arrays,
+            {"method": meta["method"], "model_dir": str(model_dir), "slide": slide},
+        )
+        written += 1
+    return written

@@ -1,0 +1,144 @@
+"""The trainer: every method learns a planted signal; selection, threshold, determinism, teachers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.mil.data import FeatureBank
+from pipeline.mil.metrics import classification_metrics, youden_threshold
+from pipeline.mil.models import method_info
+from pipeline.mil.splits import make_splits
+from pipeline.mil.tasks import ClassificationTask
+from pipeline.mil.train import build_cfg, train_fold
+
+from .conftest import planted_bags
+
+METHODS = [
+    "abmil",
+    "abmil_gated",
+    "transmil",
+    "dsmil",
+    "msm",
+    "mhim_abmil",
+    "mhim_transmil",
+    "mhim_dsmil",
+]
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    """Train methods on fold 0 of a planted cohort on demand (baselines first, cached for teachers)."""
+    arrays, labels = planted_bags(n_bags=120, dim=32, shift=6.0, seed=0)
+    task = ClassificationTask(labels)
+    bags = task.make_bags(FeatureBank.from_arrays(arrays))
+    strata, val_strata = task.case_strata()
+    splits = make_splits(strata, 3, 0, 0.3, val_strata)
+    cfg = build_cfg(None, ["epochs=15", "patience=8", "hidden_dim=128", "lr=5e-4"])
+    root = tmp_path_factory.mktemp("planted")
+    done: dict[str, dict] = {}
+
+    def run(method: str) -> dict:
+        if method not in done:
+            baseline = method_info(method)["baseline"]
+            if baseline:
+                run(baseline)
+            done[method] = train_fold(
+                task,
+                bags,
+                splits,
+                0,
+                method,
+                cfg,
+                outdir=root / method,
+                teacher_init=root / baseline if baseline else None,
+                device="cpu",
+            )
+        return done[method]
+
+    run.test_cases = set(splits[(splits.fold == 0) & (splits.role == "test")].case_id)
+    return run
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_learns_a_planted_signal(planted_run, method):
+    result = planted_run(method)
+    assert result["test"]["auc"] >= 0.9, result["test"]
+    test = result["predictions"].query("role == 'test'")
+    assert set(test.case_id) == planted_run.test_cases
+    assert result["n_bags"]["test"] == len(test) >= 40
+    if method_info(method)["baseline"]:
+        assert result["teacher"].endswith(method_info(method)["baseline"])
+
+
+def test_selection_threshold_and_metrics_are_consistent(planted_run):
+    result = planted_run("abmil")
+    hist, pred = result["history"], result["predictions"]
+    # the restored model is the best epoch: its validation AUC is the best in the history
+    best = hist.loc[hist["epoch"] == result["best_epoch"]].iloc[0]
+    val = pred[pred.role == "val"]
+    labels = (val["label"] == "1").to_numpy().astype(int)
+    probs = val[["score_0", "score_1"]].to_numpy()
+    assert classification_metrics(labels, probs, 0.5)["auc"] == pytest.approx(best["val_auc"])
+    assert best["val_auc"] == hist["val_auc"].max()
+    # the decision threshold is Youden's on the validation part, and the test metrics use it
+    assert result["threshold"] == pytest.approx(youden_threshold(labels, probs[:, 1]))
+    test = pred[pred.role == "test"]
+    y = (test["label"] == "1").to_numpy().astype(int)
+    expected = classification_metrics(
+        y, test[["score_0", "score_1"]].to_numpy(), result["threshold"]
+    )
+    assert result["test"] == pytest.approx(expected)
+    assert (test["prediction"] == np.where(test["score_1"] >= result["threshold"], "1", "0")).all()
+    # efficiency figures a user compares across methods
+    eff = result["efficiency"]
+    assert eff["parameters"] == sum(p.numel() for p in result["model"].parameters())
+    assert eff["train_seconds_per_epoch"] > 0 and eff["peak_rss_mb"] > 0
+    assert eff["inference_slides_per_second"] > 0
+
+
+def _tiny():
+    arrays, labels = planted_bags(n_bags=24, dim=8, n_min=4, n_max=8, seed=3)
+    task = ClassificationTask(labels)
+    bags = task.make_bags(FeatureBank.from_arrays(arrays))
+    splits = make_splits(task.case_strata()[0], 3, 0, 0.2)
+    return task, bags, splits
+
+
+def test_cpu_training_is_deterministic():
+    task, bags, splits = _tiny()
+    cfg = build_cfg(None, ["epochs=3", "hidden_dim=16"])
+    a = train_fold(task, bags, splits, 1, "abmil", cfg, device="cpu")
+    b = train_fold(task, bags, splits, 1, "abmil", cfg, device="cpu")
+    for key, value in a["model"].state_dict().items():
+        assert torch.equal(value, b["model"].state_dict()[key]), key
+    pd.testing.assert_frame_equal(a["predictions"], b["predictions"])
+    c = train_fold(
+        task, bags, splits, 1, "abmil", build_cfg(None, ["epochs=3", "hidden_dim=16", "seed=5"])
+    )
+    assert not c["predictions"]["score_1"].equals(a["predictions"]["score_1"])
+
+
+def test_paper_protocol_selects_on_test_and_says_so():
+    task, bags, splits = _tiny()
+    cfg = build_cfg(None, ["epochs=3", "hidden_dim=16", "protocol=paper"])
+    result = train_fold(task, bags, splits, 0, "abmil", cfg, device="cpu")
+    assert result["optimistic"] is True and result["selection"] == "test"
+    assert "OPTIMISTIC" in result["note"]
+    assert "test_auc" in result["history"].columns
+    # the whole training part (train + val) is trained on
+    assert (
+        len(result["predictions"].query("role != 'test'"))
+        == result["n_bags"]["train"] + result["n_bags"]["val"]
+    )
+    assert result["threshold_from"] == "test"
+
+
+def test_mhim_without_teacher_fails_loudly():
+    task, bags, splits = _tiny()
+    cfg = build_cfg(None, ["epochs=1", "hidden_dim=16"])
+    with pytest.raises(PipelineError, match="needs a teacher: the abmil model"):
+        train_fold(task, bags, splits, 0, "mhim_abmil", cfg, device="cpu")
