@@ -172,3 +172,20 @@ def test_transmil_cls_only_layer_equals_full_layer(n):
     assert cls_row.shape == (8, n - 1) and values.shape == (8, n - 1, 4)
     if n <= 16:  # exact attention: the CLS row is a probability distribution over all tokens
         assert torch.all(cls_row >= 0) and torch.all(cls_row.sum(1) <= 1 + 1e-12)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bfloat16_autocast_trains(name):
+    torch.manual_seed(0)
+    cfg = {"hidden_dim": 32, **({"landmarks": 8} if "transmil" in name else {})}
+    model = create_mil_model(name, 16, 2, cfg)
+    x = torch.randn(40, 16)  # longer than the landmarks: the Nystrom path
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, out = model.training_loss(
+            x, lambda lg: F.cross_entropy(lg.float(), torch.tensor([1]))
+        )
+    loss.backward()
+    model.after_optimizer_step()
+    assert torch.isfinite(loss) and out["logits"].shape == (1, 2)
+    trained = model.student if name in MHIM else model
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained.parameters())
