@@ -17,8 +17,10 @@ _MHIM_NOTE = (
     " Teacher = the {base} baseline of the same fold, EMA-updated; each training bag: RHSM masks a random"
     " half of the top-2*rhsm_ratio instances by the teacher's class-aware instance probability"
     " (instance_score=attention gives MHIM v1), cosine-decayed; random_mask_ratio is the fraction of the"
-    " remaining instances MASKED (the public code's merge_ratio is the fraction kept); GRN global queries"
-    " summarise the masked instances; loss = task + consistency_weight * consistency with the teacher."
+    " remaining instances MASKED (default 0.8; the public code's merge_ratio is the fraction kept); GRN"
+    " global queries summarise the randomly masked instances; loss = task + consistency_weight *"
+    " consistency with the teacher. Inference: student only, all instances (+ GRN tokens when"
+    " grn_at_inference). Switches: mil.mhim.*; model keys as for {base}."
 )
 
 # name -> (module:class, family, baseline, description)
@@ -27,26 +29,28 @@ _REGISTRY: dict[str, tuple[str, str, str | None, str]] = {
         "abmil:ABMIL",
         "abmil",
         None,
-        "AB-MIL (Ilse 2018): attention pooling (tanh) over projected instances.",
+        "AB-MIL (Ilse 2018): attention pooling (tanh) over projected instances. Model keys: embed_dims"
+        " (e.g. [256,128,64] for Ilse's MI-Net projection), attention_dim, activation.",
     ),
     "abmil_gated": (
         "abmil:GatedABMIL",
         "abmil",
         None,
-        "AB-MIL with gated attention (tanh * sigmoid).",
+        "AB-MIL with gated attention (tanh * sigmoid). Model keys as abmil.",
     ),
     "transmil": (
         "transmil:TransMIL",
         "transmil",
         None,
-        "TransMIL (Shao 2021): CLS token, 2 Nystrom self-attention layers, PPEG positional conv.",
+        "TransMIL (Shao 2021): CLS token, 2 Nystrom self-attention layers, PPEG positional conv."
+        " Model keys: heads, landmarks, pinv_iterations, attention_dropout, ppeg, activation.",
     ),
     "dsmil": (
         "dsmil:DSMIL",
         "dsmil",
         None,
         "DSMIL (Li 2021): instance classifier, critical-instance attention, Conv1d bag classifier;"
-        " loss on bag and max-instance logits.",
+        " loss on bag and max-instance logits. Model keys: query_dim, activation, loss_mix.",
     ),
     "mhim_abmil": (
         "mhim:MHIM",
@@ -73,7 +77,8 @@ _REGISTRY: dict[str, tuple[str, str, str | None, str]] = {
         None,
         "MSM-MIL (interpretation of Wang et al.'s abstract): gated-attention stages; each stage masks"
         " its top mask_ratio of the instances not yet masked and the next stage attends to the rest;"
-        " stage embeddings are attention-pooled for the prediction.",
+        " stage embeddings are attention-pooled for the prediction. Switches: mil.msm.stages,"
+        " mil.msm.mask_ratio; model keys: attention_dim, activation.",
     ),
 }
 
