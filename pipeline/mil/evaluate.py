@@ -17,8 +17,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.mil.metrics import mean_std
-from pipeline.mil.train import OPTIMISTIC_NOTE
+from pipeline.mil.metrics import OPTIMISTIC_NOTE, mean_std
 
 EFFICIENCY_KEYS = (
     "parameters",

@@ -17,6 +17,10 @@ import warnings
 import numpy as np
 
 CLASSIFICATION_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1")
+OPTIMISTIC_NOTE = (
+    "protocol 'paper': the test fold selected the epoch and the threshold, as in the published code; "
+    "these figures are OPTIMISTIC and not comparable with held-out validation results"
+)
 
 
 def auc(labels: np.ndarray, probs: np.ndarray) -> float:

@@ -35,15 +35,12 @@ from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil.data import Bag, FeatureBank
+from pipeline.mil.metrics import OPTIMISTIC_NOTE
 from pipeline.mil.splits import fold_roles
 from pipeline.mil.tasks import Task
 from pipeline.store import atomic_path, write_json, write_text
 
 log = get_logger("mil.train")
-OPTIMISTIC_NOTE = (
-    "protocol 'paper': the test fold selected the epoch and the threshold, as in the published code; "
-    "these figures are OPTIMISTIC and not comparable with held-out validation results"
-)
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -150,9 +147,7 @@ def fit(
         raise PipelineError("train", "no training bags", "Check the labels, splits and features.")
     epochs, patience = int(cfg["epochs"]), int(cfg["patience"])
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(
-        params, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])
-    )
+    optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     rng = np.random.default_rng(int(cfg["seed"]))
     best_key, best_state, best_epoch, best_score = None, None, 0, float("nan")
