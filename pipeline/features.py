@@ -2,7 +2,8 @@
 
 The data path is built so the model, not reading, is the bottleneck:
 
-* a Dataset whose item is a whole batch of coordinates (one IPC message per batch, not per patch);
+* a Dataset whose item is a chunk of patches (one IPC message per chunk, not per patch; chunks small
+  enough that all workers fill the first batch together, which runs as soon as one chunk is ready);
   each DataLoader worker opens the slide once, lazily, in its own process (never per item, never a
   handle shared across fork);
 * workers decode with one thread each (torch and OpenCV), and the model gets the remaining cores of
@@ -148,8 +149,11 @@ def check_tiles_match(slide, tiles: Tiles) -> None:
 # --- data loading --------------------------------------------------------------------------------
 
 
-class PatchBatches:
-    """Batches of patches read from one slide: item ``i`` is uint8 [b, P, P, 3] for rows i*b….
+class PatchChunks:
+    """Patches of one slide in chunks: item ``i`` is uint8 [c, P, P, 3] for rows i*c … (i+1)*c-1.
+
+    A chunk is the unit a decoding worker reads and sends (one message per chunk, not per patch);
+    chunks smaller than a model batch let several workers fill one batch together.
 
     The slide is opened lazily by whichever process reads, once per process (the pid is checked, so
     a handle opened before a fork is never used in the child).
@@ -160,20 +164,20 @@ class PatchBatches:
         slide_path: str | os.PathLike,
         coords: np.ndarray,
         geometry: PatchGeometry,
-        batch_size: int,
+        chunk_size: int,
         reader: str = "auto",
     ) -> None:
         self.slide_path = Path(slide_path)
         self.coords = np.asarray(coords, dtype=np.int64)
         self.geometry = geometry
-        self.batch_size = batch_size
+        self.chunk_size = chunk_size
         self.reader = reader
         self._slide = None
         self._pid = None
         self.opens = 0  # per process: how often this process opened the slide (tests check 1)
 
     def __len__(self) -> int:
-        return -(-len(self.coords) // self.batch_size)
+        return -(-len(self.coords) // self.chunk_size)
 
     def __getitem__(self, index: int):
         import torch
@@ -181,7 +185,7 @@ class PatchBatches:
         if not 0 <= index < len(self):
             raise IndexError(index)
         slide = self._open()
-        rows = self.coords[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = self.coords[index * self.chunk_size : (index + 1) * self.chunk_size]
         size = self.geometry.patch_size
         out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
         for i, (x, y) in enumerate(rows):
@@ -207,16 +211,49 @@ class PatchBatches:
         return state
 
 
-def _decode_worker_init(worker_id: int) -> None:
-    """Each decoding worker uses one torch thread: parallelism comes from the number of workers.
+def chunk_size(batch_size: int, workers: int, largest: int = 16) -> int:
+    """Patches per worker message: small enough that all workers share the first batch (so the model
+    starts early), large enough that messages stay few; the whole batch when reading in-process."""
+    if workers == 0:
+        return batch_size
+    return max(1, min(largest, -(-batch_size // workers), batch_size))
 
-    OpenCV's limit is set in the parent before the fork (see :func:`make_loader`): its thread pool
-    does not survive a fork, and ``cv2.setNumThreads`` in a child whose parent had used the pool
-    deadlocks.
+
+def gather_batches(chunks, batch_size: int, device) -> Iterator:
+    """Model batches of exactly ``batch_size`` rows (the last may be shorter) from loader chunks,
+    moved to ``device`` as they arrive; the first chunk goes alone so inference starts at once."""
+    import torch
+
+    parts, rows, first = [], 0, True
+    for chunk in chunks:
+        parts.append(chunk.to(device, non_blocking=True))
+        rows += len(parts[-1])
+        if first:
+            yield parts.pop()
+            rows, first = 0, False
+        while rows >= batch_size:
+            joined = torch.cat(parts) if len(parts) > 1 else parts[0]
+            yield joined[:batch_size]
+            rest = joined[batch_size:]
+            parts, rows = ([rest] if len(rest) else []), len(rest)
+    if parts:
+        yield torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _decode_worker_init(worker_id: int, limit_opencv: bool = False) -> None:
+    """Each decoding worker uses one thread: parallelism comes from the number of workers.
+
+    Under ``fork`` OpenCV's limit is set in the parent instead (see :func:`make_loader`): its thread
+    pool does not survive a fork, and ``cv2.setNumThreads`` in a child whose parent had used the pool
+    deadlocks. Spawned/forkserver workers start clean and set it themselves.
     """
     import torch
 
     torch.set_num_threads(1)
+    if limit_opencv:
+        import cv2
+
+        cv2.setNumThreads(1)
 
 
 def thread_budget() -> int:
@@ -244,22 +281,27 @@ def configure_threads(workers: int) -> dict[str, int]:
     }
 
 
-def make_loader(dataset: PatchBatches, workers: int, pin_memory: bool):
+def make_loader(dataset: PatchChunks, workers: int, pin_memory: bool):
     """A DataLoader over whole batches; with workers, OpenCV is limited to one thread first so that
     forked workers inherit the limit (decoding processes must not each start a pool of threads)."""
+    import functools
+    import multiprocessing
+
     from torch.utils.data import DataLoader
 
-    if workers:
+    forked = multiprocessing.get_start_method() == "fork"
+    if workers and forked:
         import cv2
 
         cv2.setNumThreads(1)
+    init = functools.partial(_decode_worker_init, limit_opencv=not forked)
     return DataLoader(
         dataset,
-        batch_size=None,  # items are already batches
+        batch_size=None,  # items are already chunks of patches
         shuffle=False,
         num_workers=workers,
         pin_memory=pin_memory,
-        worker_init_fn=_decode_worker_init if workers else None,
+        worker_init_fn=init if workers else None,
         prefetch_factor=4 if workers else None,
     )
 
@@ -458,12 +500,17 @@ def extract_features(
 
     with open_slide(slide_path, tiles.attrs.get("reader", "auto")) as slide:
         check_tiles_match(slide, tiles)
-    dataset = PatchBatches(
-        slide_path, coords, tiles.geometry(), options.batch_size, tiles.attrs.get("reader", "auto")
+    dataset = PatchChunks(
+        slide_path,
+        coords,
+        tiles.geometry(),
+        chunk_size(options.batch_size, options.workers),
+        tiles.attrs.get("reader", "auto"),
     )
     encoder = encoder.to(device)
     if device.type == "cuda":
         encoder = encoder.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # one input shape for the whole slide
     log.info(
         "%d patches with %s (%d-d, %s weights) on %s, %s, batch %d, %d decoding worker(s), "
         "%d model thread(s)",
@@ -483,12 +530,9 @@ def extract_features(
         with StoreWriter(out_path, shapes, chunk_rows=chunk_rows) as writer:
             writer.write("coords", 0, coords.astype(np.int32))
             rows = ChunkedRows(writer, "features", chunk_rows)
-            for batch in encode_batches(
-                encoder,
-                make_loader(dataset, options.workers, device.type == "cuda"),
-                device,
-                precision,
-            ):
+            loader = make_loader(dataset, options.workers, device.type == "cuda")
+            batches = gather_batches(loader, options.batch_size, device)
+            for batch in encode_batches(encoder, batches, device, precision):
                 rows.add(_checked(batch, dim, options.dtype, out_path, precision))
                 progress.update(len(batch))
             rows.flush()
@@ -514,14 +558,15 @@ def extract_features(
     return attrs
 
 
-def encode_batches(encoder, loader, device, precision: str) -> Iterator[np.ndarray]:
-    """Features per batch as float32 numpy, fetched one batch late so the GPU queue stays full."""
+def encode_batches(encoder, batches, device, precision: str) -> Iterator[np.ndarray]:
+    """Features per uint8 batch as float32 numpy, fetched one batch late so the GPU queue stays
+    full."""
     import torch
 
     pending = None
     channels_last = device.type == "cuda"
     with torch.inference_mode():
-        for patches in loader:
+        for patches in batches:
             x = patches.to(device, non_blocking=True)
             with autocast_context(precision, device):
                 images = encoder.preprocess(x)

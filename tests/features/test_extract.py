@@ -22,9 +22,13 @@ from pipeline.encoders import create_encoder, get_spec, list_encoders
 from pipeline.errors import PipelineError
 from pipeline.features import (
     ExtractOptions,
+    chunk_size,
     configure_threads,
     extract_features,
+    gather_batches,
     read_tiles,
+    resolve_device,
+    resolve_precision,
     run_extraction,
 )
 from pipeline.store import open_store, read_array
@@ -296,3 +300,21 @@ def test_encoders_command_lists_every_entry(capsys):
         line = next(row for row in out.splitlines() if row.startswith(spec.name + " "))
         assert str(spec.dim) in line and f"{spec.input_size}px" in line
         assert spec.pretrained.describe() in line
+
+
+def test_device_and_precision_choices():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, "bf16") == "fp32"  # CPU autocast is opt-in
+    assert resolve_precision("bf16", cpu, "bf16") == "bf16"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PipelineError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_batches_from_chunks_keep_order_and_start_with_the_first_chunk():
+    chunks = [torch.arange(i, i + 3) for i in range(0, 15, 3)]  # 5 chunks of 3 rows
+    batches = list(gather_batches(chunks, 4, torch.device("cpu")))
+    assert [len(b) for b in batches] == [3, 4, 4, 4]
+    assert torch.equal(torch.cat(batches), torch.arange(15))
+    assert chunk_size(256, 14) == 16 and chunk_size(32, 0) == 32 and chunk_size(4, 8) == 1
