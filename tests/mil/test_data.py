@@ -102,3 +102,14 @@ def test_bad_directories_fail_with_one_clear_error(tmp_path):
         read_feature_file(tmp_path / "broken.h5")
     with pytest.raises(PipelineError, match="features directory not found"):
         FeatureBank.load(tmp_path / "nowhere")
+
+
+def test_bags_read_from_disk_when_memory_is_short(tmp_path):
+    arrays = _arrays()
+    write_features(tmp_path / "f", arrays, "h5")
+    bank = FeatureBank.load(tmp_path / "f", memory_fraction=0.0)  # pretend nothing fits
+    assert bank.lazy and bank.slides == sorted(arrays)
+    np.testing.assert_array_equal(
+        Bag("s1", "c", ("s1", "s2"), 0, bank).features().numpy(),
+        np.concatenate([arrays["s1"], arrays["s2"]]).astype(np.float16).astype(np.float32),
+    )

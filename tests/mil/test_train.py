@@ -142,3 +142,48 @@ def test_mhim_without_teacher_fails_loudly():
     cfg = build_cfg(None, ["epochs=1", "hidden_dim=16"])
     with pytest.raises(PipelineError, match="needs a teacher: the abmil model"):
         train_fold(task, bags, splits, 0, "mhim_abmil", cfg, device="cpu")
+
+
+def test_youden_threshold_maximises_j_on_brute_force():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    s = np.round(np.clip(0.3 * y + rng.normal(0.4, 0.2, 60), 0, 1), 2)  # tied scores
+    t = youden_threshold(y, s)
+
+    def j(th):
+        pred = s >= th
+        return pred[y == 1].mean() - pred[y == 0].mean()
+
+    best = max(j(c) for c in np.unique(s))
+    assert j(t) == pytest.approx(best)
+    assert t not in set(s)  # midway between scores, not on one
+
+
+def test_multiclass_training_and_macro_auc():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    rng = np.random.default_rng(1)
+    directions = rng.normal(size=(3, 8)) * 3
+    arrays, rows = {}, []
+    for i in range(36):
+        label = ["a", "b", "c"][i % 3]
+        x = rng.normal(size=(10, 8))
+        x[:3] += directions[i % 3]
+        arrays[f"s{i}"] = x.astype(np.float32)
+        rows.append((f"s{i}", f"s{i}", label))
+    task = ClassificationTask(pd.DataFrame(rows, columns=["slide_id", "case_id", "label"]))
+    assert task.classes == ["a", "b", "c"] and task.n_outputs == 3
+    bags = task.make_bags(FeatureBank.from_arrays(arrays))
+    splits = make_splits(task.case_strata()[0], 3, 0, 0.25)
+    result = train_fold(
+        task, bags, splits, 0, "abmil", build_cfg(None, ["epochs=4", "hidden_dim=16"])
+    )
+    test = result["predictions"].query("role == 'test'")
+    probs = test[["score_a", "score_b", "score_c"]].to_numpy()
+    y = test["label"].map(task.index).to_numpy()
+    assert result["test"]["auc"] == pytest.approx(
+        roc_auc_score(y, probs, multi_class="ovr", average="macro")
+    )
+    assert result["test"]["f1"] == pytest.approx(f1_score(y, probs.argmax(1), average="macro"))
+    assert (test["prediction"] == np.array(task.classes)[probs.argmax(1)]).all()
+    assert result["threshold"] is None  # multi-class: argmax
