@@ -15,8 +15,8 @@ per-class scores or risk), metrics.json (test/val metrics, threshold, efficiency
 is written atomically and metrics.json last: a fold is complete exactly when metrics.json exists.
 
 MHIM methods need the baseline trained on the same fold: pass its OUTDIR with --teacher-init (a missing or
-mismatching checkpoint is an error). Settings come from the `mil` section of --config (defaults: the
-repository's config.yaml) and trailing key=value overrides, e.g. `epochs=50 mhim.rhsm_ratio=0.01`.
+mismatching checkpoint is an error). Settings come from the `mil` section of --config (without it:
+the schema defaults that config.yaml documents) and trailing key=value overrides, e.g. `epochs=50 mhim.rhsm_ratio=0.01`.
 `protocol=paper` selects on the test fold (as the published code) and marks every output OPTIMISTIC.
 """
 
