@@ -31,7 +31,16 @@ def setup_logging(verbose: bool = False) -> None:
     handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("PIL", "matplotlib", "urllib3", "numcodecs", "asyncio", "fsspec"):
+    for noisy in (
+        "PIL",
+        "matplotlib",
+        "urllib3",
+        "numcodecs",
+        "numexpr",
+        "asyncio",
+        "fsspec",
+        "h5py",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
