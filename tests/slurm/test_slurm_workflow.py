@@ -109,7 +109,7 @@ def test_workflow_runs_through_slurm_with_the_repository_profile(cluster, e2e, w
         ),
         capture_output=True,
         text=True,
-        env=wf.snakemake_env(),
+        env=wf.snakemake_env(slurm=True),
         cwd=workdir,
         timeout=900,
     )

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.store import read_array
 
@@ -78,3 +79,25 @@ def test_killed_during_extraction_resumes_without_recomputing(e2e, wf, job_count
     dry = wf.run_snakemake(work, "-n")
     plan = job_counts(dry.stdout + dry.stderr)
     assert "tile" not in plan and "extract" not in plan and plan["train"] > 0
+
+
+def test_changed_settings_rerun_only_the_stages_they_affect(e2e, wf, job_counts, tmp_path):
+    work = wf.copy_run(e2e, tmp_path / "run")
+    base = yaml.safe_load((work / "config.yaml").read_text())
+
+    def plan(**sections) -> dict[str, int]:
+        config = {**base, **{k: {**base.get(k, {}), **v} for k, v in sections.items()}}
+        wf.write_config(work, config)
+        dry = wf.run_snakemake(work, "-n")
+        text = dry.stdout + dry.stderr
+        return {} if "Nothing to be done" in text else job_counts(text)
+
+    # how features are computed (batch size, decoding workers) changes nothing
+    assert plan(features={"batch_size": 7, "workers": 3}) == {}
+    # a training setting retrains every model, and re-tiles or re-embeds nothing
+    retrain = plan(mil={"epochs": 3})
+    assert "tile" not in retrain and "extract" not in retrain and "splits" not in retrain
+    assert retrain["train"] == retrain["train_with_teacher"] == 2 * 2
+    # a tiling setting re-tiles every slide (and so everything after it)
+    retile = plan(tiling={"min_tissue": 0.6})
+    assert retile["tile"] == wf.N_SLIDES + 1 and retile["extract"] == wf.N_SLIDES + 1
