@@ -236,7 +236,6 @@ def test_error_mid_extraction_leaves_no_store(tmp_path, cmu_tiles, cmu, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["tiles.zarr"]
 
 
-@pytest.mark.slow
 def test_killed_extraction_leaves_no_store(tmp_path, cmu, tile_store):
     coords = [(x, y) for x in range(0, 1900, 64) for y in range(0, 2700, 64)]  # ~1300 patches
     tiles = tile_store(tmp_path / "t.zarr", cmu, coords)
