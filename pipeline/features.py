@@ -554,7 +554,13 @@ def extract_features(
     finally:
         progress.close()
         dataset.close()
-    log.info("done: %s", progress.line())
+    log.info(
+        "wrote %s: %d patches in %.1f s (%.1f patches/s)",
+        out_path,
+        n,
+        progress.elapsed,
+        n / max(progress.elapsed, 1e-9),
+    )
     return attrs
 
 
