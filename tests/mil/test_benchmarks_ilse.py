@@ -2,7 +2,8 @@
 
 Protocol as published where it is known: MI-Net-style instance embedding fc256-fc128-fc64 (ReLU) before
 attention pooling (attention hidden 64), features z-scored with statistics of the training part only,
-stratified 10-fold cross-validation (one run here, not 5 repeats), Adam with betas (0.9, 0.999) and
+stratified 10-fold cross-validation repeated 3 times (5 in the paper; a single run is a few bags
+away from the tolerance on Musk1's 92 bags), Adam with betas (0.9, 0.999) and
 lr 5e-4, accuracy at the 0.5 decision rule (``threshold=argmax``). Our protocol keeps a validation part
 (10 % of each training part) for early stopping on the validation loss, so the test folds stay unseen.
 One weight decay (5e-3) and epoch budget serve both sets.
@@ -22,6 +23,7 @@ from pipeline.mil.tasks import ClassificationTask
 from pipeline.mil.train import build_cfg, train_fold
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mil-benchmarks"
+REPEATS = 3
 PUBLISHED = {"musk1": 0.892, "tiger": 0.839}  # Ilse et al. 2018, Table 1, attention-based MIL
 SETTINGS = [
     "embed_dims=[256,128,64]",
@@ -30,8 +32,8 @@ SETTINGS = [
     "dropout=0",
     "lr=5e-4",
     "weight_decay=5e-3",
-    "epochs=25",
-    "patience=8",
+    "epochs=50",
+    "patience=15",
     "monitor=loss",
     "threshold=argmax",
 ]
@@ -57,8 +59,18 @@ def load_benchmark(name: str) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
 def test_abmil_accuracy_matches_ilse(name):
     arrays, labels = load_benchmark(name)
     task = ClassificationTask(labels)
-    splits = make_splits(task.case_strata()[0], folds=10, seed=0, val_fraction=0.1)
-    cfg = build_cfg(None, SETTINGS)
+    accuracies = []
+    for repeat in range(REPEATS):
+        accuracies += cv_accuracies(task, arrays, repeat)
+    accuracy = float(np.mean(accuracies))
+    print(f"{name}: {REPEATS}x10-fold AB-MIL accuracy {accuracy:.3f} (published {PUBLISHED[name]})")
+    assert abs(accuracy - PUBLISHED[name]) <= 0.05, accuracies
+
+
+def cv_accuracies(task, arrays, seed: int) -> list[float]:
+    """Test accuracy of each of 10 folds; ``seed`` draws both the folds and the model initialisation."""
+    splits = make_splits(task.case_strata()[0], folds=10, seed=seed, val_fraction=0.1)
+    cfg = build_cfg(None, [*SETTINGS, f"seed={seed}"])
     accuracies = []
     for fold in range(10):
         part = splits[splits.fold == fold]
@@ -70,6 +82,4 @@ def test_abmil_accuracy_matches_ilse(name):
         result = train_fold(task, task.make_bags(bank), splits, fold, "abmil", cfg, device="cpu")
         assert result["threshold"] == 0.5
         accuracies.append(result["test"]["accuracy"])
-    accuracy = float(np.mean(accuracies))
-    print(f"{name}: 10-fold AB-MIL accuracy {accuracy:.3f} (published {PUBLISHED[name]})")
-    assert abs(accuracy - PUBLISHED[name]) <= 0.05, accuracies
+    return accuracies
