@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.checkpoints import state_dict_problems
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 
@@ -307,20 +308,7 @@ def load_strict(
     truncated stage, a text tower); any other extra key means the checkpoint is for another model.
     """
     own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own and not ignore(k)]
-    mismatched = [
-        f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[0]}")
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+    problems = state_dict_problems(own, state, ignore)
     if problems:
         raise PipelineError(
             where,

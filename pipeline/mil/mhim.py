@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.checkpoints import state_dict_problems
 from pipeline.errors import PipelineError
 from pipeline.mil.models.common import Dropout, MILModel, TaskLoss, check_bag, resolve_cfg
 
@@ -288,21 +289,7 @@ class MHIM(MILModel):
         self, state_dict: Mapping[str, torch.Tensor], source: str = "teacher checkpoint"
     ) -> None:
         """Initialise the teacher from the baseline's ``model.pt`` state dict; any mismatch is an error."""
-        expected = self.teacher.state_dict()
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
-        shapes = [
-            f"{k} {tuple(state_dict[k].shape)} in the checkpoint vs {tuple(v.shape)} in the model"
-            for k, v in expected.items()
-            if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-        ]
-        problems = []
-        if missing:
-            problems.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys {_short(unexpected)}")
-        if shapes:
-            problems.append(f"shape mismatch: {_short(shapes)}")
+        problems = state_dict_problems(self.teacher.state_dict(), state_dict)
         if problems:
             raise PipelineError(
                 source,
@@ -313,8 +300,3 @@ class MHIM(MILModel):
         self.teacher.load_state_dict(state_dict)
         if self.mcfg["init_student_from_baseline"]:
             self.student.projection.load_state_dict(self.teacher.projection.state_dict())
-
-
-def _short(items: list[str], limit: int = 3) -> str:
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
