@@ -16,6 +16,10 @@ class PipelineError(Exception):
         self.remedy = remedy.strip()
         super().__init__(self.line())
 
+    def __reduce__(self):
+        # Rebuilt from its parts when it crosses a process boundary (DataLoader workers).
+        return (type(self), (self.where, self.cause, self.remedy))
+
     def line(self) -> str:
         text = f"ERROR {self.where}: {self.cause}."
         if self.remedy:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -188,8 +187,13 @@ class PatchChunks:
         rows = self.coords[index * self.chunk_size : (index + 1) * self.chunk_size]
         size = self.geometry.patch_size
         out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-        for i, (x, y) in enumerate(rows):
-            out[i] = read_patch(slide, int(x), int(y), self.geometry)
+        try:
+            for i, (x, y) in enumerate(rows):
+                out[i] = read_patch(slide, int(x), int(y), self.geometry)
+        except PipelineError as err:
+            # Sent as a value: DataLoader would re-raise a worker's exception as a multi-line
+            # RuntimeError; gather_batches raises it in the main process as the one-line error.
+            return err
         return torch.from_numpy(out)
 
     def _open(self):
@@ -226,6 +230,8 @@ def gather_batches(chunks, batch_size: int, device) -> Iterator:
 
     parts, rows, first = [], 0, True
     for chunk in chunks:
+        if isinstance(chunk, PipelineError):
+            raise chunk
         parts.append(chunk.to(device, non_blocking=True))
         rows += len(parts[-1])
         if first:
@@ -456,8 +462,10 @@ def write_empty_features(
     spec,
     weights: str,
     dtype: str,
+    error: str | None = None,
 ) -> Path:
-    """A [0, dim] store for a slide with no patches (or a failed tiling), carrying the reason."""
+    """A [0, dim] store for a slide with no patches, a failed tiling, or (``error``) pixels that
+    could not be read during extraction; it carries the reason."""
     attrs = {
         **base_attrs(tiles, slide_path),
         "encoder": spec.name,
@@ -469,6 +477,8 @@ def write_empty_features(
         "weights_loaded": False,  # nothing to encode, so the model was not built
         "dtype": dtype,
     }
+    if error is not None:
+        attrs.update(failed=True, error=error)
     arrays = {
         "features": np.zeros((0, spec.dim), dtype=dtype),
         "coords": np.zeros((0, 2), dtype=np.int32),
@@ -610,9 +620,14 @@ def run_extraction(
     encoder_name: str,
     weights: str,
     options: ExtractOptions,
+    record_failure: bool = False,
 ) -> dict[str, Any]:
     """The whole ``wsi-mil extract`` job: empty/failed tile stores give an empty feature store
-    without building the model; otherwise build the encoder and extract."""
+    without building the model; otherwise build the encoder and extract.
+
+    With ``record_failure``, a slide whose pixels cannot be read publishes an empty store marked
+    ``failed`` with the error (as ``wsi-mil tile --record-failure`` does), so the cohort goes on.
+    """
     from pipeline.encoders import create_encoder, get_spec
 
     spec = get_spec(encoder_name)
@@ -628,19 +643,11 @@ def run_extraction(
         write_empty_features(out_path, tiles, slide_path, spec, weights, options.dtype)
         return {"n_patches": 0, "failed": tiles.failed}
     encoder = create_encoder(encoder_name, weights)
-    return extract_features(slide_path, tiles, out_path, encoder, options)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM (Snakemake/SLURM cancelling a job) into KeyboardInterrupt, so the temporary store
-    is removed on the way out instead of being left behind."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return extract_features(slide_path, tiles, out_path, encoder, options)
+    except PipelineError as err:
+        if not record_failure or Path(err.where) != Path(slide_path):
+            raise
+        log.error("%s (recorded: an empty feature store marked failed)", err.line())
+        write_empty_features(out_path, tiles, slide_path, spec, weights, options.dtype, err.line())
+        return {"n_patches": 0, "failed": True}

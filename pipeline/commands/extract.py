@@ -34,11 +34,17 @@ def add_arguments(parser) -> None:
         "--dtype", choices=["float16", "float32"], help="stored feature dtype (config: float16)"
     )
     parser.add_argument("--config", type=Path, help="config file whose `features` section applies")
+    parser.add_argument(
+        "--record-failure",
+        action="store_true",
+        help="when the slide's pixels cannot be read, publish an empty feature store marked failed "
+        "(with the error) and exit 0, so one damaged slide does not block the cohort",
+    )
 
 
 def run(args) -> int:
     from pipeline.config import section
-    from pipeline.features import ExtractOptions, run_extraction, sigterm_as_interrupt
+    from pipeline.features import ExtractOptions, run_extraction
 
     features = section(args.config, "features")
     options = ExtractOptions.from_config(
@@ -50,6 +56,8 @@ def run(args) -> int:
         dtype=args.dtype,
     )
     weights = args.weights or features.get("weights", {}).get(args.encoder, "pretrained")
-    with sigterm_as_interrupt():
-        run_extraction(args.slide, args.tiles, args.output, args.encoder, weights, options)
+    # SIGTERM (Snakemake or SLURM cancelling the job) is turned into a clean exit by the CLI.
+    run_extraction(
+        args.slide, args.tiles, args.output, args.encoder, weights, options, args.record_failure
+    )
     return 0

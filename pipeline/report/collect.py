@@ -43,18 +43,19 @@ class SlideRow:
         return "no tissue" if self.n_patches == 0 else "ok"
 
 
-def _feature_shape(store: Path) -> str:
+def _feature_shape(store: Path) -> tuple[str, str]:
+    """The store's "N × D" (or what is wrong with it) and the error it records, if it failed."""
     try:
         import zarr
 
         group = zarr.open_group(store=str(store), mode="r")
         attrs = dict(group.attrs)
         if attrs.get("failed"):
-            return "failed"
+            return "failed", str(attrs.get("error") or "")
         shape = group["features"].shape
-        return f"{shape[0]} × {shape[1]}"
+        return f"{shape[0]} × {shape[1]}", ""
     except Exception as err:  # a damaged store is shown, not fatal for the report
-        return f"unreadable ({type(err).__name__})"
+        return f"unreadable ({type(err).__name__})", ""
 
 
 def slides(results: str | os.PathLike) -> list[SlideRow]:
@@ -85,7 +86,12 @@ def slides(results: str | os.PathLike) -> list[SlideRow]:
         )
         for enc in encoders:
             fstore = root / "features" / enc / f"{sid}.zarr"
-            row.features[enc] = _feature_shape(fstore) if fstore.exists() else "missing"
+            if not fstore.exists():
+                row.features[enc] = "missing"
+                continue
+            row.features[enc], error = _feature_shape(fstore)
+            if error and not row.failed:  # tiled, but its pixels failed to read while extracting
+                row.failed, row.error = True, f"feature extraction ({enc}): {error}"
         rows.append(row)
     return rows
 

@@ -251,7 +251,7 @@ def test_killed_extraction_leaves_no_store(tmp_path, cmu, tile_store):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
-    assert "interrupted" in err
+    assert "terminated (SIGTERM)" in err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zarr"], err
 
@@ -317,3 +317,37 @@ def test_batches_from_chunks_keep_order_and_start_with_the_first_chunk():
     assert [len(b) for b in batches] == [3, 4, 4, 4]
     assert torch.equal(torch.cat(batches), torch.arange(15))
     assert chunk_size(256, 14) == 16 and chunk_size(32, 0) == 32 and chunk_size(4, 8) == 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_pixels_are_one_line_or_a_recorded_failure(
+    tmp_path, cmu_tiles, cmu, monkeypatch, workers
+):
+    """A slide that tiles but whose level-0 tiles are damaged: the error crosses the worker process
+    as the one-line PipelineError (not torch's multi-line RuntimeError); --record-failure records it."""
+    real = features_module.read_patch
+
+    def damaged(slide, x, y, geometry):
+        if (x, y) == (768, 2048):
+            raise PipelineError(
+                slide.path, f"cannot read pixels at ({x}, {y}) level 0", "Re-copy it."
+            )
+        return real(slide, x, y, geometry)
+
+    monkeypatch.setattr(features_module, "read_patch", damaged)
+    options = ExtractOptions(batch_size=2, workers=workers, device="cpu")
+    out = tmp_path / "f.zarr"
+    with pytest.raises(PipelineError) as err:
+        run_extraction(cmu, cmu_tiles, out, "efficientnet_lite0", "pretrained", options)
+    assert (
+        err.value.line() == f"ERROR {cmu}: cannot read pixels at (768, 2048) level 0. Re-copy it."
+    )
+    assert not out.exists()
+
+    result = run_extraction(
+        cmu, cmu_tiles, out, "efficientnet_lite0", "pretrained", options, record_failure=True
+    )
+    feats, coords, attrs = store(out)
+    assert result == {"n_patches": 0, "failed": True}
+    assert feats.shape == (0, 1280) and coords.shape == (0, 2)
+    assert attrs["failed"] is True and attrs["error"] == err.value.line()

@@ -174,6 +174,23 @@ def test_slide_rows_read_tile_and_feature_stores(results):
     assert rows["s2"].status == "no tissue"
 
 
+def test_slide_failing_only_in_extraction_is_listed_as_failed(tmp_path):
+    error = "ERROR s3.svs: cannot read pixels at (512, 0) level 0 with openslide. Re-copy it."
+    write_store(
+        tmp_path / "tiles" / "s3.zarr",
+        {"coords": np.zeros((4, 2), np.int32)},
+        {"failed": False, "n_patches": 4},
+    )
+    write_store(
+        tmp_path / "features" / ENC / "s3.zarr",
+        {"features": np.zeros((0, 1280), np.float16), "coords": np.zeros((0, 2), np.int32)},
+        {"failed": True, "error": error},
+    )
+    (row,) = collect.slides(tmp_path)
+    assert row.status == "failed" and row.features[ENC] == "failed"
+    assert row.error == f"feature extraction ({ENC}): {error}"
+
+
 def test_risk_groups_cut_at_training_median():
     pred = pd.DataFrame(
         {

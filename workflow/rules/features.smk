@@ -27,6 +27,9 @@ rule extract:
     # computed re-runs nothing, changing what they are (weights, precision, dtype) re-runs all
     params:
         weights=lambda w: FEATURES["weights"].get(w.encoder, "pretrained"),
+        record_failure=(
+            "--record-failure" if config["workflow"]["record_failures"] else ""
+        ),
         config=EFFECTIVE_CONFIG,
         settings=lambda w: settings_digest(
             f"features.weights.{w.encoder}", "features.precision", "features.dtype"
@@ -34,4 +37,4 @@ rule extract:
     shell:
         "wsi-mil extract {input.slide:q} {input.tiles:q} -o {output:q}"
         " --encoder {wildcards.encoder} --weights {params.weights:q}"
-        " --config {params.config:q} > {log:q} 2>&1"
+        " {params.record_failure} --config {params.config:q} > {log:q} 2>&1"
