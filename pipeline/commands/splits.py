@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.commands.train import add_task_type_argument
+
 HELP = "K-fold splits by case (stratified), with validation parts: case_id,fold,role"
 
 
@@ -29,12 +31,7 @@ def add_arguments(parser) -> None:
         default=0.15,
         help="fraction of each training part used for validation (default 0.15)",
     )
-    parser.add_argument(
-        "--task-type",
-        choices=["classification", "survival"],
-        default=None,
-        help="default: survival when the table has time and event columns",
-    )
+    add_task_type_argument(parser)
     parser.add_argument(
         "--survival-bins",
         type=int,

@@ -27,6 +27,16 @@ from pathlib import Path
 HELP = "train a MIL method on one fold: model.pt, model.json, history.csv, predictions.csv, metrics.json"
 
 
+def add_task_type_argument(parser) -> None:
+    """``--task-type``, shared with `wsi-mil splits` so both infer the task the same way."""
+    parser.add_argument(
+        "--task-type",
+        choices=["classification", "survival"],
+        default=None,
+        help="default: survival when the table has time and event columns",
+    )
+
+
 def add_data_arguments(parser) -> None:
     """Arguments shared with `wsi-mil cv`."""
     parser.add_argument(
@@ -38,12 +48,7 @@ def add_data_arguments(parser) -> None:
         required=True,
         help="labels.csv (classification) or survival.csv (survival)",
     )
-    parser.add_argument(
-        "--task-type",
-        choices=["classification", "survival"],
-        default=None,
-        help="default: survival when the table has time and event columns",
-    )
+    add_task_type_argument(parser)
     parser.add_argument(
         "--slides-table",
         type=Path,
