@@ -129,32 +129,28 @@ def open_slide(path: str | os.PathLike, reader: Reader = "auto") -> Slide:
     )
 
 
-def _open_openslide(path: Path) -> Slide:
-    import openslide
-
-    handle = openslide.OpenSlide(str(path))
+def _wrap(path: Path, reader: str, handle: Any) -> Slide:
+    """A :class:`Slide` over an OpenSlide or TiffSlide handle (both expose the same geometry API)."""
     return Slide(
         path=path,
-        reader="openslide",
+        reader=reader,
         handle=handle,
         level_dimensions=tuple(tuple(map(int, d)) for d in handle.level_dimensions),
         level_downsamples=tuple(float(d) for d in handle.level_downsamples),
         properties=dict(handle.properties),
     )
+
+
+def _open_openslide(path: Path) -> Slide:
+    import openslide
+
+    return _wrap(path, "openslide", openslide.OpenSlide(str(path)))
 
 
 def _open_tiffslide(path: Path) -> Slide:
     import tiffslide
 
-    handle = tiffslide.TiffSlide(str(path))
-    return Slide(
-        path=path,
-        reader="tiffslide",
-        handle=handle,
-        level_dimensions=tuple(tuple(map(int, d)) for d in handle.level_dimensions),
-        level_downsamples=tuple(float(d) for d in handle.level_downsamples),
-        properties=dict(handle.properties),
-    )
+    return _wrap(path, "tiffslide", tiffslide.TiffSlide(str(path)))
 
 
 _OPENERS = {"openslide": _open_openslide, "tiffslide": _open_tiffslide}
