@@ -18,7 +18,6 @@ The data path is built so the model, not reading, is the bottleneck:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 import pipeline
+from pipeline.device import autocast_context, resolve_device
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.slides import PatchGeometry, open_slide, read_patch, slide_id
@@ -315,23 +315,6 @@ def make_loader(dataset: PatchChunks, workers: int, pin_memory: bool):
 # --- device and precision ------------------------------------------------------------------------
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(
-            f"--device {name}",
-            "no CUDA GPU is visible to PyTorch",
-            "Use --device cpu (or auto), or run on a GPU node (CUDA_VISIBLE_DEVICES, a CUDA build "
-            "of torch).",
-        )
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise PipelineError(f"--device {name}", "unknown device", "Use auto, cpu or cuda.")
-    return torch.device(name)
-
-
 def resolve_precision(name: str, device, preferred: str) -> str:
     """``auto`` → the encoder's preferred autocast dtype on CUDA (fp16 if bf16 is unsupported),
     fp32 on CPU (CPU autocast is rarely faster and changes results)."""
@@ -344,15 +327,6 @@ def resolve_precision(name: str, device, preferred: str) -> str:
     if preferred == "bf16" and not torch.cuda.is_bf16_supported():
         return "fp16"
     return preferred
-
-
-def autocast_context(precision: str, device):
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def device_name(device) -> str:

@@ -87,6 +87,7 @@ def summarize(fold_dirs: Sequence[str | os.PathLike]) -> dict[str, Any]:
         "fold_dirs": [str(d) for d in fold_dirs],
         "metrics": metrics,
         "efficiency": efficiency,
+        "precision": sorted({f.get("efficiency", {}).get("precision", "fp32") for f in folds}),
         "per_fold": [
             {
                 "fold": f["fold"],

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil.data import Bag, FeatureBank
@@ -26,7 +27,7 @@ from pipeline.mil.tasks import (
     read_table,
     task_from_metadata,
 )
-from pipeline.mil.train import resolve_device, run_inference
+from pipeline.mil.train import run_inference
 
 log = get_logger("mil.predict")
 
@@ -110,7 +111,8 @@ def predict(
         )
     if not bags:
         raise PipelineError(features_dir, "no slide to predict", "Check the features directory.")
-    outputs, _, seconds = run_inference(model, task, bags, device)
+    precision = meta.get("precision", "fp32")  # as trained, so fold predictions reproduce
+    outputs, _, seconds = run_inference(model, task, bags, device, precision)
     result: dict[str, Any] = {
         "predictions": task.prediction_frame(bags, outputs, None),
         "method": meta["method"],

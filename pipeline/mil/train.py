@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from pipeline import __version__
+from pipeline.device import autocast_context, native_bf16, resolve_device
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil.data import Bag, FeatureBank
@@ -41,17 +42,36 @@ from pipeline.mil.tasks import Task
 from pipeline.store import atomic_path, write_json, write_text
 
 log = get_logger("mil.train")
+PRECISIONS = ("auto", "fp32", "bf16")
+INPUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """``auto`` = CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
+BF16_MIN_PROJECTION = (
+    2**17
+)  # in_dim x hidden_dim from which bf16 pays (1024 x 512 WSI features: 2**19)
+
+
+def training_precision(
+    name: str | None, device: torch.device, projection: int | None = None
+) -> str:
+    """``auto`` = bf16 autocast where it is a speed-up, else fp32.
+
+    MIL training on WSI features is bound by the instance projection's matmuls; bf16 runs them about
+    twice as fast where the hardware multiplies bfloat16 natively (AVX512-BF16 / AMX CPUs, bf16 GPUs),
+    with the same accuracy on our benchmarks (BENCHMARKS.md). For small projections (``projection`` =
+    in_dim x hidden_dim below ``BF16_MIN_PROJECTION``, e.g. the 166-d MIL benchmark sets) autocast's
+    per-op casts cost more than they save, so ``auto`` stays fp32. The optimiser and its state, the
+    loss, and the TransMIL landmark pseudo-inverse stay float32 in any case.
+    """
+    name = name or "auto"
+    if name == "auto":
+        big = projection is None or projection >= BF16_MIN_PROJECTION
+        return "bf16" if big and native_bf16(device) else "fp32"
+    if name not in PRECISIONS:
         raise PipelineError(
-            "device", "CUDA was asked for but is not available", "Use --device cpu."
+            "mil.precision", f"unknown precision {name!r}", f"Use {' | '.join(PRECISIONS)}."
         )
-    return torch.device(device)
+    return name
 
 
 def seed_everything(seed: int) -> None:
@@ -90,20 +110,44 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 @torch.no_grad()
 def run_inference(
-    model: torch.nn.Module, task: Task, bags: Sequence[Bag], device: torch.device
+    model: torch.nn.Module,
+    task: Task,
+    bags: Sequence[Bag],
+    device: torch.device,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, float, float]:
     """``(outputs [B, k], mean loss (NaN without targets), seconds)`` of the model on ``bags`` in eval mode."""
     model.eval()
     rows, losses = [], []
+    dtype = INPUT_DTYPES[precision]
     start = time.perf_counter()
     for bag in bags:
-        logits = model(bag.features().to(device))["logits"]
+        with autocast_context(precision, device):
+            logits = model(bag.features(dtype).to(device))["logits"].float()
         rows.append(task.outputs(logits)[0])
         if bag.target is not None:
-            losses.append(float(task.loss_fn(bag)(logits.float())))
+            losses.append(float(task.loss_fn(bag)(logits)))
     seconds = time.perf_counter() - start
     outputs = np.stack(rows) if rows else np.zeros((0, len(task.output_columns())))
     return outputs, (float(np.mean(losses)) if losses else float("nan")), seconds
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    loss_fn,
+    progress: float,
+    precision: str,
+) -> float:
+    """One bag: forward under ``precision`` autocast, float32 loss, backward, Adam step, EMA hooks."""
+    with autocast_context(precision, x.device):
+        loss, _ = model.training_loss(x, lambda logits: loss_fn(logits.float()), progress)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.after_optimizer_step()
+    return float(loss.detach())
 
 
 @dataclass
@@ -141,6 +185,7 @@ def fit(
     cfg: dict[str, Any],
     device: torch.device,
     select_label: str = "val",
+    precision: str = "fp32",
 ) -> FitResult:
     """Train ``model`` in place and leave the best epoch's weights in it (see module docstring)."""
     if not train_bags:
@@ -155,6 +200,7 @@ def fit(
     n = len(train_bags)
     metric = task.metric_name
     monitor = cfg.get("monitor", "metric")
+    dtype = INPUT_DTYPES[precision]
     for epoch in range(1, epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -162,16 +208,12 @@ def fit(
         for i, idx in enumerate(rng.permutation(n)):
             bag = train_bags[idx]
             progress = ((epoch - 1) * n + i) / (epochs * n)
-            loss, _ = model.training_loss(bag.features().to(device), task.loss_fn(bag), progress)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.after_optimizer_step()
-            total += float(loss.detach())
+            x = bag.features(dtype).to(device)
+            total += train_step(model, optimizer, x, task.loss_fn(bag), progress, precision)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         train_seconds.append(time.perf_counter() - start)
-        outputs, sel_loss, _ = run_inference(model, task, select_bags, device)
+        outputs, sel_loss, _ = run_inference(model, task, select_bags, device, precision)
         score = task.selection_score(select_bags, outputs)
         key = _key(score, sel_loss) if monitor == "metric" else _key(-sel_loss, score)
         improved = best_key is None or key > best_key
@@ -321,6 +363,7 @@ def train_fold(
     task.fit(train_bags)
     task.encode(bags)
     in_dim = int(bags[0].features().shape[1])
+    precision = training_precision(cfg.get("precision"), device, in_dim * int(cfg["hidden_dim"]))
     seed = int(cfg["seed"])
     seed_everything(seed)
     if device.type == "cuda":
@@ -336,7 +379,7 @@ def train_fold(
                 "method %s takes no teacher; --teacher-init %s ignored", method, teacher_init
             )
         log.info(
-            "fold %d: %s on %d train / %d %s bags (%d test), %d-d features, %s, %s protocol",
+            "fold %d: %s on %d train / %d %s bags (%d test), %d-d features, %s %s, %s protocol",
             fold,
             method,
             len(train_bags),
@@ -345,13 +388,23 @@ def train_fold(
             len(parts["test"]),
             in_dim,
             device,
+            precision,
             "paper (optimistic)" if paper else "holdout",
         )
-        result = fit(model, task, train_bags, select_bags, cfg, device, select_label=select_role)
+        result = fit(
+            model,
+            task,
+            train_bags,
+            select_bags,
+            cfg,
+            device,
+            select_label=select_role,
+            precision=precision,
+        )
         outputs = {}
         infer_seconds, infer_slides = 0.0, 0
         for role, role_bags in parts.items():
-            outputs[role], _, seconds = run_inference(model, task, role_bags, device)
+            outputs[role], _, seconds = run_inference(model, task, role_bags, device, precision)
             if role == "test":
                 infer_seconds = seconds
                 infer_slides = sum(len(b.slide_ids) for b in role_bags)
@@ -363,6 +416,7 @@ def train_fold(
         "train_seconds_per_epoch": result.train_seconds_per_epoch,
         "inference_slides_per_second": infer_slides / infer_seconds if infer_seconds > 0 else None,
         "device": str(device),
+        "precision": precision,
         "threads": torch.get_num_threads(),
         **peak_memory_mb(device),
     }
@@ -416,6 +470,7 @@ def train_fold(
             "task": task.metadata(),
             "cfg": cfg,
             "fold": int(fold),
+            "precision": precision,
             "protocol": metrics["protocol"],
             "optimistic": paper,
             "version": __version__,

@@ -113,3 +113,13 @@ def test_bags_read_from_disk_when_memory_is_short(tmp_path):
         Bag("s1", "c", ("s1", "s2"), 0, bank).features().numpy(),
         np.concatenate([arrays["s1"], arrays["s2"]]).astype(np.float16).astype(np.float32),
     )
+
+
+def test_bfloat16_copies_are_cached_and_the_float16_original_kept():
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    bank = FeatureBank.from_arrays({"s": x})
+    b1 = bank.get("s", torch.bfloat16)
+    assert b1.dtype == torch.bfloat16 and bank.get("s", torch.bfloat16) is b1  # cast once
+    assert torch.equal(b1, torch.from_numpy(x).half().float().to(torch.bfloat16))
+    assert bank.get("s").dtype == torch.float16  # float32 runs still see the float16 values
+    assert torch.equal(bank.get("s", torch.float32), torch.from_numpy(x).half().float())

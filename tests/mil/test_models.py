@@ -189,3 +189,38 @@ def test_bfloat16_autocast_trains(name):
     assert torch.isfinite(loss) and out["logits"].shape == (1, 2)
     trained = model.student if name in MHIM else model
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained.parameters())
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_the_configured_fraction_and_scales_the_rest(p, dtype):
+    from pipeline.mil.models.common import Dropout
+
+    torch.manual_seed(0)
+    layer = Dropout(p).train()
+    x = (torch.rand(1000, 1000) + 0.5).to(dtype).requires_grad_()
+    y = layer(x)
+    kept = y != 0
+    rate = round(p * 256) / 256  # p is rounded to 1/256 (exact for 0.25 and 0.5)
+    assert abs(1 - kept.float().mean().item() - rate) < 0.003  # 1e6 draws: sd 0.0004
+    mask = kept.to(dtype) * torch.tensor(1 / (1 - rate), dtype=dtype)  # 1/(1-p) in x's dtype
+    assert torch.equal(y, x.detach() * mask)  # kept values scaled, the rest zero
+    y.sum().backward()
+    assert torch.equal(x.grad, mask)  # the gradient goes through the same mask
+    assert torch.equal(layer.eval()(x), x)  # identity at inference
+    torch.manual_seed(1)
+    first = Dropout(p).train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(first, Dropout(p).train()(x))  # seeded: reproducible masks
+
+
+def test_bf16_transmil_attention_is_close_to_float32():
+    """bf16 autocast runs TransMIL's sequence-length products in bfloat16; the output stays close."""
+    torch.manual_seed(0)
+    model = create_mil_model("transmil", 64, 2, {"hidden_dim": 64, "landmarks": 16}).eval()
+    x = torch.randn(300, 64)
+    with torch.no_grad():
+        ref = model(x)["logits"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)["logits"].float()
+    assert (low - ref).abs().max().item() < 0.05 * max(1.0, ref.abs().max().item())

@@ -187,3 +187,47 @@ def test_multiclass_training_and_macro_auc():
     assert result["test"]["f1"] == pytest.approx(f1_score(y, probs.argmax(1), average="macro"))
     assert (test["prediction"] == np.array(task.classes)[probs.argmax(1)]).all()
     assert result["threshold"] is None  # multi-class: argmax
+
+
+def test_precision_auto_is_bf16_exactly_where_bfloat16_is_native():
+    from pipeline.device import native_bf16
+    from pipeline.mil.train import training_precision
+
+    cpu = torch.device("cpu")
+    assert training_precision("auto", cpu, 1024 * 512) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert training_precision("auto", cpu, 166 * 256) == "fp32"  # small projection: casts dominate
+    assert native_bf16(cpu) == bool(torch.cpu._is_avx512_bf16_supported())
+    assert training_precision("fp32", cpu) == "fp32"
+    assert training_precision("bf16", cpu) == "bf16"
+    with pytest.raises(PipelineError, match="unknown precision"):
+        training_precision("fp16", cpu)
+
+
+def test_precision_is_recorded_and_fp32_stays_deterministic(tmp_path):
+    arrays, labels = planted_bags(n_bags=24, dim=8, seed=2)
+    task = ClassificationTask(labels)
+    bags = task.make_bags(FeatureBank.from_arrays(arrays))
+    splits = make_splits(task.case_strata()[0], 3, 0, 0.25, task.case_strata()[1])
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = build_cfg(None, ["epochs=3", "hidden_dim=16", f"precision={precision}"])
+        runs[precision] = train_fold(
+            task, bags, splits, 0, "abmil", cfg, outdir=tmp_path / precision, device="cpu"
+        )
+        assert runs[precision]["efficiency"]["precision"] == precision
+        meta = (tmp_path / precision / "model.json").read_text()
+        assert f'"precision": "{precision}"' in meta
+    again = train_fold(
+        task,
+        bags,
+        splits,
+        0,
+        "abmil",
+        build_cfg(None, ["epochs=3", "hidden_dim=16", "precision=fp32"]),
+        device="cpu",
+    )
+    pd.testing.assert_frame_equal(again["predictions"], runs["fp32"]["predictions"])
+    # bf16 and fp32 runs differ only by rounding: same bags ranked alike
+    p32 = runs["fp32"]["predictions"].set_index("slide_id").filter(like="score").iloc[:, -1]
+    p16 = runs["bf16"]["predictions"].set_index("slide_id").filter(like="score").iloc[:, -1]
+    assert np.corrcoef(p32, p16.loc[p32.index])[0, 1] > 0.9

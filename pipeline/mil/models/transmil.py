@@ -61,7 +61,13 @@ class _Softmax(torch.autograd.Function):
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim in ``x``'s dtype (bfloat16 under autocast: torch accumulates it in
+    float32, and the result is what the next bfloat16 matmul would round it to anyway)."""
     return _Softmax.apply(x) if torch.is_grad_enabled() and x.requires_grad else x.softmax(-1)
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class _DepthwiseConv2d(torch.autograd.Function):
@@ -202,12 +208,11 @@ class NystromAttention(nn.Module):
         )
 
     def _heads(self, t: torch.Tensor, pad: int = 0) -> torch.Tensor:
-        """``[rows, dim]`` -> ``[heads, pad + rows, dim_head]``, at least float32, ``pad`` zero rows first.
+        """``[rows, dim]`` -> ``[heads, pad + rows, dim_head]`` with ``pad`` zero rows first.
 
         The zero tokens let the sequence split into equal landmark segments (as the reference); to_qkv
         has no bias, so their q, k, v are zero too.
         """
-        t = t.to(torch.promote_types(t.dtype, torch.float32))  # bfloat16 under autocast -> float32
         if pad:
             t = F.pad(t, (0, 0, pad, 0))
         return t.view(t.shape[0], self.heads, self.dim_head).transpose(0, 1)
@@ -215,6 +220,9 @@ class NystromAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, cls_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Under bf16 autocast the products with a sequence-length dimension and their softmaxes run in
+        bfloat16 (as autocast runs any matmul); the landmark kernel, its pseudo-inverse and the products
+        with it stay float32, where rounding would be amplified."""
         n, dim = x.shape
         m = self.landmarks
         pad = (-n) % m if n > m else 0
@@ -227,27 +235,30 @@ class NystromAttention(nn.Module):
                 q_l = self._heads(F.linear(x_means, w[:dim])) * self.scale
         else:
             q, k, v = (self._heads(t, pad) for t in self.to_qkv(x).chunk(3, dim=1))
-        with torch.autocast(device_type=x.device.type, enabled=False):  # attention maths in float32
-            q = q * self.scale
-            if n <= m:
-                attn = softmax(q @ k.transpose(-1, -2))  # exact attention [h, n or 1, n]
-                out = attn @ v
-                cls_row = attn[:, 0]
-            else:
-                seg = k.shape[1] // m
-                k_l = k.view(self.heads, m, seg, -1).mean(2)
-                if not cls_only:
-                    q_l = q.view(self.heads, m, seg, -1).mean(2)
-                a1 = softmax(q @ k_l.transpose(-1, -2))  # [h, n + pad or 1, m]
-                a2 = softmax(q_l @ k_l.transpose(-1, -2))  # [h, m, m]
-                a3 = softmax(q_l @ k.transpose(-1, -2))  # [h, m, n + pad]
+        q = q * self.scale
+        if n <= m:
+            attn = softmax(q @ k.transpose(-1, -2))  # exact attention [h, n or 1, n]
+            out = attn @ v
+            cls_row = _at_least_fp32(attn[:, 0])
+        else:
+            seg = k.shape[1] // m
+            k_l = k.view(self.heads, m, seg, -1).mean(2)
+            if not cls_only:
+                q_l = q.view(self.heads, m, seg, -1).mean(2)
+            a1 = softmax(q @ k_l.transpose(-1, -2))  # [h, n + pad or 1, m]
+            a3 = softmax(q_l @ k.transpose(-1, -2))  # [h, m, n + pad]
+            a3v = a3 @ v  # [h, m, d]
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                a2 = softmax(_at_least_fp32(q_l) @ _at_least_fp32(k_l).transpose(-1, -2))  # [h,m,m]
                 z = spectral_pinv(a2, self.pinv_iterations)
-                out = a1 @ (z @ (a3 @ v))
-                cls_row = (a1[:, 0 if cls_only else pad].unsqueeze(1) @ z @ a3).squeeze(1)
-            if cls_only:
-                out = out + self._residual_at(v, pad)
-            else:
-                out = (out + self.res_conv(v.unsqueeze(0)).squeeze(0))[:, pad:]
+                za3v = z @ a3v.to(z.dtype)
+                row = (_at_least_fp32(a1[:, 0 if cls_only else pad]).unsqueeze(1) @ z).to(a3.dtype)
+                cls_row = _at_least_fp32((row @ a3).squeeze(1))
+            out = a1 @ za3v
+        if cls_only:
+            out = out + self._residual_at(v, pad)
+        else:
+            out = (out + self.res_conv(v.unsqueeze(0)).squeeze(0))[:, pad:]
         out = self.to_out(out.transpose(0, 1).reshape(out.shape[1], dim))
         if cls_only:
             return out, None, None
