@@ -253,14 +253,14 @@ class MHIM(MILModel):
             rows = torch.cat([split.keep, split.recycled])
         else:
             rows = split.keep
-        h = self.student.embed(
-            x if rows is None else x.index_select(0, rows)
-        )  # 6x faster than x[rows]
+        # index_select: ~6x faster than x[rows] on a [2900, 1024] bf16 bag
+        h = self.student.embed(x if rows is None else x.index_select(0, rows))
         recycle = None
-        if use_grn:
-            recycle = self.grn(h[n_keep:])
+        if use_grn:  # split, not two slices: its backward is one concatenation, not two zero-fills
+            h, h_recycled = h.split([n_keep, n_rec])
+            recycle = self.grn(h_recycled)
             self._pending_queries = recycle.detach()
-        pooled = self._student_pool(h[:n_keep], recycle)
+        pooled = self._student_pool(h, recycle)
         loss = self.student.task_objective(pooled, task_loss)
         if alpha > 0:
             student_feats = self.student.consistency_features(pooled)
