@@ -203,7 +203,7 @@ def test_precision_auto_is_bf16_exactly_where_bfloat16_is_native():
         training_precision("fp16", cpu)
 
 
-def test_precision_is_recorded_and_fp32_stays_deterministic(tmp_path):
+def test_precision_is_recorded_and_both_precisions_are_deterministic(tmp_path):
     arrays, labels = planted_bags(n_bags=24, dim=8, seed=2)
     task = ClassificationTask(labels)
     bags = task.make_bags(FeatureBank.from_arrays(arrays))
@@ -217,16 +217,10 @@ def test_precision_is_recorded_and_fp32_stays_deterministic(tmp_path):
         assert runs[precision]["efficiency"]["precision"] == precision
         meta = (tmp_path / precision / "model.json").read_text()
         assert f'"precision": "{precision}"' in meta
-    again = train_fold(
-        task,
-        bags,
-        splits,
-        0,
-        "abmil",
-        build_cfg(None, ["epochs=3", "hidden_dim=16", "precision=fp32"]),
-        device="cpu",
-    )
-    pd.testing.assert_frame_equal(again["predictions"], runs["fp32"]["predictions"])
+    for precision in ("fp32", "bf16"):  # both are deterministic on CPU
+        cfg = build_cfg(None, ["epochs=3", "hidden_dim=16", f"precision={precision}"])
+        again = train_fold(task, bags, splits, 0, "abmil", cfg, device="cpu")
+        pd.testing.assert_frame_equal(again["predictions"], runs[precision]["predictions"])
     # bf16 and fp32 runs differ only by rounding: same bags ranked alike
     p32 = runs["fp32"]["predictions"].set_index("slide_id").filter(like="score").iloc[:, -1]
     p16 = runs["bf16"]["predictions"].set_index("slide_id").filter(like="score").iloc[:, -1]
