@@ -3,7 +3,7 @@
 Feature extraction dominates the cost of a run, so the run happens once per pytest session and is
 cached under pytest's base temp folder; tests that need their own copy take ``copy_run``
 (``cp -a`` keeps mtimes and Snakemake's metadata, so the copy is as up to date as the original).
-Loaded by path from tests/workflow/conftest.py and tests/slurm/conftest.py.
+Loaded by path from tests/conftest.py (fixtures ``wf`` and ``e2e``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
-"""Fixtures of the workflow tests: run Snakemake on the repository's Snakefile, and one tiny real
-run shared by every test that needs outputs (see cohort.py)."""
+"""Fixtures of the workflow tests: run Snakemake on the repository's Snakefile, and read its job counts.
+The cohort helpers (``wf``) and the shared tiny real run (``e2e``) come from tests/conftest.py."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-
-def _load_cohort():
-    spec = importlib.util.spec_from_file_location(
-        "wsi_mil_test_cohort", Path(__file__).with_name("cohort.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cohort = _load_cohort()
 
 
 def parse_job_counts(output: str) -> dict[str, int]:
@@ -35,24 +20,12 @@ def parse_job_counts(output: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def snakemake():
+def snakemake(wf):
     """``snakemake(workdir, *args, check=True)``: run the repository's workflow in ``workdir``."""
-    return cohort.run_snakemake
+    return wf.run_snakemake
 
 
 @pytest.fixture(scope="session")
 def job_counts():
     """``job_counts(stdout)``: the 'Job stats' table of a run as {rule: count}."""
     return parse_job_counts
-
-
-@pytest.fixture(scope="session")
-def wf():
-    """The helpers of cohort.py (config writer, cohort maker, constants)."""
-    return cohort
-
-
-@pytest.fixture(scope="session")
-def e2e(tmp_path_factory) -> Path:
-    """Workdir of the full workflow run on the tiny cohort (results/ inside)."""
-    return cohort.e2e_run(cohort.cache_dir(tmp_path_factory))
