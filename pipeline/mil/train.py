@@ -46,9 +46,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 INPUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-BF16_MIN_PROJECTION = (
-    2**17
-)  # in_dim x hidden_dim from which bf16 pays (1024 x 512 WSI features: 2**19)
+# in_dim x hidden_dim from which bf16 autocast pays (1024-d WSI features x 512: 2**19)
+BF16_MIN_PROJECTION = 2**17
 
 
 def training_precision(

@@ -192,7 +192,7 @@ def test_bfloat16_autocast_trains(name):
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.1])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_dropout_drops_the_configured_fraction_and_scales_the_rest(p, dtype):
     from pipeline.mil.models.common import Dropout
 

@@ -111,13 +111,10 @@ class _DropoutFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         n = x.numel()
-        dtype = (
-            x.dtype if x.dtype in (torch.float32, torch.bfloat16, torch.float64) else torch.float32
-        )
         bits = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-(2**63), None)
         drop_levels = round(p * 256)  # bytes below the threshold are dropped
         threshold = drop_levels - 128
-        mask = bits.view(torch.int8)[:n].view(x.shape).to(dtype)
+        mask = bits.view(torch.int8)[:n].view(x.shape).to(x.dtype)  # integers <= 256: exact
         mask = mask.sub_(threshold - 1).clamp_(0, 1).mul_(256 / (256 - drop_levels))
         ctx.save_for_backward(mask)
         return x * mask
