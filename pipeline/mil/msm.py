@@ -102,6 +102,7 @@ class MSMMIL(MILModel):
             "stage_embeddings": stage_emb,
             "stage_weights": beta,
             "stage_masks": masks,
+            "stage_attention": weights,  # [S, N]: each stage's instance attention (heatmaps)
         }
 
     def classify(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:

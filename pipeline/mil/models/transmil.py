@@ -176,8 +176,8 @@ class NystromAttention(nn.Module):
 
     ``forward(x [n, dim])`` returns the output ``[n, dim]``, the first token's (CLS) attention row over the
     other tokens ``[heads, n-1]`` and their values ``[heads, n-1, dim_head]`` (MHIM's instance scores).
-    With ``cls_only`` only the CLS output ``[1, dim]`` is computed: TransMIL's last layer needs nothing
-    else, and the landmark queries are then projected from segment means of ``x`` (the same numbers,
+    With ``cls_only`` only the CLS output ``[1, dim]`` and the CLS row are computed (values: None):
+    TransMIL's last layer needs nothing else (the row is its heatmap), and the landmark queries are then projected from segment means of ``x`` (the same numbers,
     since the projection is linear) instead of projecting every token's query.
     """
 
@@ -261,7 +261,7 @@ class NystromAttention(nn.Module):
             out = (out + self.res_conv(v.unsqueeze(0)).squeeze(0))[:, pad:]
         out = self.to_out(out.transpose(0, 1).reshape(out.shape[1], dim))
         if cls_only:
-            return out, None, None
+            return out, cls_row[:, pad + 1 :], None
         return out, cls_row[:, pad + 1 :], v[:, pad + 1 :]
 
     def _residual_at(self, v: torch.Tensor, position: int) -> torch.Tensor:
@@ -336,13 +336,14 @@ class TransMIL(MILModel):
         x = x + z
         if self.ppeg is not None:
             x = torch.cat([x[:1], self.ppeg(x[1:])])
-        x = x[:1] + self.attn2(self.norm2(x), cls_only=True)[0]  # only the CLS output is used
-        emb = self.norm(x)
+        z, last_cls_row, _ = self.attn2(self.norm2(x), cls_only=True)  # only the CLS output is used
+        emb = self.norm(x[:1] + z)
         return {
             "embedding": emb,
             "attention": cls_row.mean(0),
             "cls_row": cls_row,
             "values": values,
+            "last_cls_row": last_cls_row,  # [heads, N]: the last layer's CLS attention (heatmaps)
         }
 
     def classify(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
