@@ -1,0 +1,1 @@
+"""Heatmaps: per-patch score stores, pictures, top-patch galleries and localisation metrics."""
