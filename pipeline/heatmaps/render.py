@@ -87,11 +87,9 @@ def normalise(values: np.ndarray, mode: str, vmin=None, vmax=None) -> tuple[np.n
     if mode == "percentile":
         if len(values) < 2:
             return np.ones_like(values), ["top", "", "bottom"]
-        from scipy.stats import rankdata
-
         q = np.quantile(values, [1.0, 0.5, 0.0])
         labels = [f"100% ({q[0]:.3g})", f"50% ({q[1]:.3g})", f"0% ({q[2]:.3g})"]
-        return (rankdata(values, method="average") - 1) / (len(values) - 1), labels
+        return average_ranks(values) / (len(values) - 1), labels
     if mode == "raw":
         lo = float(values.min()) if vmin is None and len(values) else float(vmin or 0.0)
         hi = float(values.max()) if vmax is None and len(values) else float(vmax or 1.0)
@@ -99,6 +97,19 @@ def normalise(values: np.ndarray, mode: str, vmin=None, vmax=None) -> tuple[np.n
         labels = [f"{hi:.3g}", f"{(lo + hi) / 2:.3g}", f"{lo:.3g}"]
         return np.clip((values - lo) / span, 0.0, 1.0), labels
     raise PipelineError("heatmap", f"normalisation must be percentile or raw, got {mode!r}")
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """0-based ranks, ties sharing their mean rank (scipy's rankdata 'average' - 1, without importing
+    scipy.stats, which costs seconds)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = ((starts + ends - 1) / 2.0)[np.cumsum(first) - 1]
+    return ranks
 
 
 def colour_lut(cmap: str) -> np.ndarray:
@@ -189,7 +200,7 @@ def choose_view(slide: Slide, slide_mpp: float, options: RenderOptions) -> tuple
 
 
 def read_view(
-    slide: Slide, slide_mpp: float, view: View, out_mpp: float, strip_px: int = 4096
+    slide: Slide, slide_mpp: float, view: View, out_mpp: float, strip_px: int = 2048
 ) -> np.ndarray:
     """RGB of the view at its output size, read in strips from the finest level not finer than needed."""
     if (view.x0, view.y0, view.w0, view.h0) == (0, 0, *slide.dimensions):

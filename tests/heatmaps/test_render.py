@@ -140,3 +140,12 @@ def test_command_writes_heatmap_and_gallery(planted, tiled_slide, tmp_path):
     with pytest.raises(SystemExit):  # argparse refuses a malformed region
         main(["heatmap", *args[:3], "--region", "1,2,3"])
     assert main(["heatmap", *args[:3], "--score", "nope"]) == 1  # one clear error line, exit 1
+
+
+def test_average_ranks_match_scipy():
+    from scipy.stats import rankdata
+
+    from pipeline.heatmaps.render import average_ranks
+
+    values = np.random.default_rng(1).integers(0, 20, 500).astype(float)  # many ties
+    np.testing.assert_allclose(average_ranks(values), rankdata(values, method="average") - 1)
