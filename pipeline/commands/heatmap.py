@@ -62,17 +62,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from pipeline.errors import PipelineError
-    from pipeline.heatmaps.gallery import make_gallery, write_gallery
-    from pipeline.heatmaps.render import RenderOptions, render_heatmap, write_png
-    from pipeline.heatmaps.store import read_score_store
+    from pipeline.heatmaps.outputs import draw_slide
+    from pipeline.heatmaps.render import RenderOptions
     from pipeline.log import get_logger
-    from pipeline.slides import open_slide
 
-    store = read_score_store(args.scores)
-    slide_path = args.slide or store.tiles.get("slide")
-    if not slide_path:
-        raise PipelineError(args.scores, "the store records no slide path", "Pass --slide.")
     options = RenderOptions(
         score=args.score,
         normalise=args.normalise,
@@ -86,14 +79,15 @@ def run(args) -> int:
         region=args.region,
         contours=not args.no_contours,
     )
-    log = get_logger("heatmap", store.slide_id)
-    with open_slide(slide_path, args.reader) as slide:
-        picture = render_heatmap(slide, store, options)
-        if args.gallery is not None:
-            gallery = make_gallery(slide, store, args.score, args.k)
-    write_png(args.output, picture.rgb)
-    log.info("wrote %s (%dx%d px)", args.output, picture.rgb.shape[1], picture.rgb.shape[0])
-    if args.gallery is not None:
-        write_gallery(gallery, args.gallery, args.gallery.with_suffix(".csv"))
-        log.info("wrote %s and %s", args.gallery, args.gallery.with_suffix(".csv"))
+    draw_slide(
+        args.scores,
+        args.output,
+        args.gallery,
+        slide_path=args.slide,
+        options=options,
+        k=args.k,
+        reader=args.reader,
+    )
+    log = get_logger("heatmap", args.scores.stem)
+    log.info("wrote %s%s", args.output, f", {args.gallery} and its .csv" if args.gallery else "")
     return 0

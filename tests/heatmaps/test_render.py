@@ -149,3 +149,46 @@ def test_average_ranks_match_scipy():
 
     values = np.random.default_rng(1).integers(0, 20, 500).astype(float)  # many ties
     np.testing.assert_allclose(average_ranks(values), rankdata(values, method="average") - 1)
+
+
+def test_model_to_picture(tiled_slide, tmp_path):
+    """score_slide + draw_slide: a model's most attended patch is drawn in the top colour at its place."""
+    import torch
+
+    from pipeline.heatmaps.outputs import draw_slide, score_slide
+    from pipeline.mil.models import create_mil_model
+    from pipeline.mil.scores import instance_score_maps
+
+    torch.manual_seed(0)
+    coords = tiled_slide["coords"]
+    model = create_mil_model("abmil", 8, 1, {"hidden_dim": 16, "attention_dim": 8})
+    bag = torch.randn(len(coords), 8, generator=torch.Generator().manual_seed(1))
+    store_path = score_slide(
+        tmp_path / "H1.zarr",
+        model,
+        bag,
+        coords,
+        tiled_slide["tile_attrs"],
+        slide_id="H1",
+        method="abmil",
+        label=1,
+        provenance={"fold": 0},
+    )
+    store = read_score_store(store_path)
+    expected = instance_score_maps(model, bag)["attention"]
+    np.testing.assert_allclose(store.scores["attention"], expected)
+    with torch.no_grad():
+        p = torch.sigmoid(model.eval()(bag)["logits"]).item()
+    assert store.attrs["prediction"] == pytest.approx(p, rel=1e-5)
+    assert store.attrs["provenance"]["fold"] == 0
+    png = tmp_path / "H1.png"
+    draw_slide(store_path, png, tmp_path / "H1_gallery.png", options=RenderOptions(alpha=1.0), k=2)
+    rgb = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
+    with open_slide(tiled_slide["path"]) as slide:
+        top = render_heatmap(slide, store, RenderOptions(alpha=1.0)).top
+    x, y = coords[int(np.argmax(expected))]
+    k = 2048 / 3072
+    cy, cx = top + int((y + SIZE0 / 2) * k), int((x + SIZE0 / 2) * k)
+    assert (rgb[cy - 5 : cy + 5, cx - 5 : cx + 5] == colour_lut("jet")[255]).all()
+    table = pd.read_csv(tmp_path / "H1_gallery.csv")
+    assert table["index"].iloc[0] == int(np.argmax(expected))
