@@ -237,8 +237,12 @@ def draw_contours(
     )
     tissue = segment_rgb(rgb, (1 / view.kx, 1 / view.ky), slide_mpp, TissueParams(**params))
     line = max(1, round(max(rgb.shape[:2]) / 700))
-    cv2.drawContours(rgb, tissue.pieces, -1, _CONTOUR, line)
-    cv2.drawContours(rgb, [h for hs in tissue.holes for h in hs], -1, _CONTOUR, line)
+    layer = np.zeros(rgb.shape[:2], np.uint8)
+    cv2.drawContours(layer, tissue.pieces, -1, 1, line)
+    cv2.drawContours(layer, [h for hs in tissue.holes for h in hs], -1, 1, line)
+    # tissue cut by the picture's edge (a region) is not an outline: leave the border undrawn
+    layer[:line], layer[-line:], layer[:, :line], layer[:, -line:] = 0, 0, 0, 0
+    rgb[layer > 0] = _CONTOUR
 
 
 def render_heatmap(
