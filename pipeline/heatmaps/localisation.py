@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -93,4 +94,27 @@ def summarise(aucs: list[float | None]) -> dict[str, float | int | None]:
         "median": float(np.median(vals)),
         "min": float(vals.min()),
         "max": float(vals.max()),
+    }
+
+
+def store_localisation(
+    store_path: str | os.PathLike,
+    masks_json: str | os.PathLike,
+    score: str | None = None,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """:func:`slide_localisation` of one score store against its slide's tumour mask, with its ids."""
+    from pipeline.heatmaps.store import read_score_store
+
+    store = read_score_store(store_path)
+    name, values = store.score(score)
+    mask, downsample = read_tumour_mask(masks_json, store.slide_id)
+    result = slide_localisation(
+        values, store.coords, store.patch_size_level0, mask, downsample, threshold
+    )
+    return {
+        "slide_id": store.slide_id,
+        "method": store.attrs.get("method"),
+        "score": name,
+        **result,
     }

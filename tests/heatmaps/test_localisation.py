@@ -69,3 +69,13 @@ def test_summary_skips_undefined():
     }
     assert summarise([None])["median"] is None
     assert localisation_auc(np.array([0.1, 0.2]), np.array([True, True])) is None
+
+
+def test_store_localisation(planted, tiled_slide):
+    from pipeline.heatmaps.localisation import store_localisation
+
+    mask, d = read_tumour_mask(tiled_slide["masks_json"], "H1")
+    truth = _brute_fraction(mask, 16, tiled_slide["coords"], 256) >= 0.5
+    result = store_localisation(planted["store"], tiled_slide["masks_json"], "other")
+    assert result["slide_id"] == "H1" and result["method"] == "abmil" and result["score"] == "other"
+    assert result["auc"] == pytest.approx(_pair_auc(-planted["scores"], truth))
