@@ -29,6 +29,7 @@ import pandas as pd
 from pipeline.errors import PipelineError
 
 N_BOOT = 2000
+CHUNK = 256
 
 
 def case_counts(case_ids: Sequence, n_boot: int, seed: int) -> np.ndarray:
@@ -48,8 +49,9 @@ def case_counts(case_ids: Sequence, n_boot: int, seed: int) -> np.ndarray:
 
 def _replicates(metric: Callable, arrays: Sequence[np.ndarray], counts: np.ndarray) -> np.ndarray:
     weighted = getattr(metric, "weighted", None)
-    if weighted is not None:
-        return np.asarray(weighted(counts, *arrays), dtype=float)
+    if weighted is not None:  # in blocks of replicates, so memory stays ~ CHUNK × rows
+        blocks = [weighted(counts[i : i + CHUNK], *arrays) for i in range(0, len(counts), CHUNK)]
+        return np.concatenate(blocks).astype(float)
     rows = np.arange(counts.shape[1])
     out = np.empty(counts.shape[0])
     for b, c in enumerate(counts):

@@ -29,6 +29,7 @@ from pipeline.stats import metrics as SM
 from pipeline.stats import repeated as R
 
 MAIN_METRIC = {"classification": "auc", "survival": "c_index"}
+DISPLAY = {"auc": "AUC", "c_index": "C-index", "accuracy": "accuracy", "f1": "F1"}
 METRICS = {"classification": CLASSIFICATION_METRICS, "survival": ("c_index",)}
 STAT_SUFFIXES = ("mean", "std", "ci_low", "ci_high", "pooled", "pooled_ci_low", "pooled_ci_high")
 METHOD_COLUMNS = (
@@ -143,13 +144,11 @@ def _pooled_inputs(pred: pd.DataFrame, task_type: str, metric: str):
 
 
 def _delong_ok(pred: pd.DataFrame, task_type: str, metric: str) -> bool:
+    """DeLong needs a binary AUC, independent cases (one row each) and both classes present."""
+    if task_type != "classification" or metric != "auc":
+        return False
     n_scores = sum(c.startswith("score_") for c in pred.columns)
-    return (
-        task_type == "classification"
-        and metric == "auc"
-        and n_scores == 2
-        and _one_row_per_case(pred)
-    )
+    return n_scores == 2 and _one_row_per_case(pred) and pred["label"].nunique() == 2
 
 
 def pooled_interval(pred, task_type, metric, *, n_boot=B.N_BOOT, level=0.95, seed=0) -> dict:
@@ -272,6 +271,11 @@ def compare_methods(
     """Flat record ``other - ref`` in the main metric: corrected CV t-test and pooled paired test."""
     metric = MAIN_METRIC[task_type]
     fa, fb = _fold_table(ref.fold_metrics), _fold_table(other.fold_metrics)
+    for name, table in ((ref.name, fa), (other.name, fb)):
+        if metric not in table:
+            raise PipelineError(
+                "statistics", f"the fold metrics of {name} have no {metric!r} column"
+            )
     if set(zip(fa["repeat"], fa["fold"], strict=True)) != set(
         zip(fb["repeat"], fb["fold"], strict=True)
     ):
@@ -296,6 +300,6 @@ def compare_methods(
         "diff_pooled_ci_high": pooled["ci_high"],
         "diff_pooled_p": pooled["p_value"],
         "diff_pooled_test": pooled["test"],
-        "verdict_cv": R.in_words(cv, metric, alpha),
-        "verdict_pooled": R.in_words(pooled, metric, alpha),
+        "verdict_cv": R.in_words(cv, DISPLAY.get(metric, metric), alpha),
+        "verdict_pooled": R.in_words(pooled, DISPLAY.get(metric, metric), alpha),
     }

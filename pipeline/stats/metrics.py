@@ -6,9 +6,12 @@ product. They follow :mod:`pipeline.mil.metrics` (F1 of the positive = last clas
 macro F1 over all classes otherwise, 0 where undefined; balanced accuracy = mean recall over the
 classes present) and take the *hard* predictions already made with each fold's threshold.
 
-AUC and the C-index are the project's own functions (``pipeline.mil.metrics.auc`` and
-``pipeline.mil.survival.concordance_index``), called once per replicate. The C-index module uses torch,
-so it is imported on first use only: ``pipeline.stats`` itself imports no torch.
+AUC: the point estimate is the project's ``pipeline.mil.metrics.auc`` (binary, or macro one-vs-rest).
+Its replicates use the Mann–Whitney form with case counts as weights (a positive's weight times the
+weight of the negatives it outscores, ties one half), sorted once, for every replicate at once; the
+tests check it equals the project's function on resampled rows. The C-index is the project's
+``pipeline.mil.survival.concordance_index``, called once per replicate; that module uses torch, so it
+is imported on first use only: ``pipeline.stats`` itself imports no torch.
 """
 
 from __future__ import annotations
@@ -69,6 +72,36 @@ def hard_metric(name: str, n_classes: int) -> Metric:
     return Metric(name, fn, weighted)
 
 
+def _weighted_binary_auc(counts: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Mann–Whitney AUC per replicate with row weights ``counts (B, N)``; NaN without both classes."""
+    order = np.argsort(score, kind="stable")
+    s, pos = score[order], positive[order]
+    w = np.asarray(counts, dtype=float)[:, order]
+    w_neg = np.where(pos, 0.0, w)
+    cum = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w_neg, axis=1)], axis=1)
+    start = np.searchsorted(s, s, side="left")  # first row of each row's tie group
+    end = np.searchsorted(s, s, side="right")
+    below, tied = cum[:, start], cum[:, end] - cum[:, start]
+    num = (np.where(pos, w, 0.0) * (below + 0.5 * tied)).sum(axis=1)
+    n_pos, n_neg = np.where(pos, w, 0.0).sum(axis=1), w_neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), num / (n_pos * n_neg), np.nan)
+
+
+def _weighted_auc(counts, y, probs) -> np.ndarray:
+    """Binary AUC of the last column, or the mean one-vs-rest AUC over the classes present."""
+    y, probs = np.asarray(y, dtype=int), np.asarray(probs, dtype=float)
+    if probs.shape[1] == 2:
+        return _weighted_binary_auc(counts, y == 1, probs[:, 1])
+    per_class = np.stack(
+        [_weighted_binary_auc(counts, y == c, probs[:, c]) for c in range(probs.shape[1])], axis=1
+    )
+    present = np.stack([(counts * (y == c)).sum(axis=1) > 0 for c in range(probs.shape[1])], axis=1)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(np.where(present, per_class, np.nan), axis=1)
+    return np.where(present.sum(axis=1) >= 2, mean, np.nan)
+
+
 def _auc(y, probs) -> float:
     return M.auc(y, probs)
 
@@ -79,5 +112,5 @@ def _c_index(time, event, risk) -> float:
     return concordance_index(time, event, risk)
 
 
-AUC = Metric("auc", _auc)
+AUC = Metric("auc", _auc, _weighted_auc)
 C_INDEX = Metric("c_index", _c_index)

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from pipeline.errors import PipelineError
+from pipeline.mil.metrics import auc as project_auc
 from pipeline.mil.survival import concordance_index
 from pipeline.stats import bootstrap as B
 from pipeline.stats import metrics as SM
@@ -97,7 +98,7 @@ def test_vectorised_metrics_equal_sklearn_on_each_replicate(name, n_classes):
 def test_paired_bootstrap_of_identical_methods_is_zero_with_p_one():
     time, event, risk = _survival()
     res = B.paired_bootstrap(
-        SM.C_INDEX, (time, event, risk), (time, event, risk.copy()), np.arange(80), n_boot=200
+        SM.C_INDEX, (time, event, risk), (time, event, risk.copy()), np.arange(80), n_boot=100
     )
     assert (res["estimate"], res["ci_low"], res["ci_high"], res["p_value"]) == (0.0, 0.0, 0.0, 1.0)
     assert res["test"] == "bootstrap-case-paired"
@@ -120,3 +121,20 @@ def test_bad_input():
         B.bootstrap_ci(SM.C_INDEX, ([1.0], [1], [0.2]), ["a"])
     with pytest.raises(PipelineError, match="3 rows for 2 case ids"):
         B.bootstrap_ci(SM.C_INDEX, ([1.0, 2, 3], [1, 1, 1], [0.2, 0.1, 0.3]), ["a", "b"])
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_vectorised_auc_equals_the_project_auc_on_each_replicate(n_classes):
+    rng = np.random.default_rng(10 + n_classes)
+    y = rng.integers(0, n_classes, 30)
+    logits = rng.normal(size=(30, n_classes)).round(1)  # rounded: ties
+    logits[np.arange(30), y] += 1.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    counts = B.case_counts(np.arange(30), n_boot=40, seed=3)
+    counts[0] = np.where(y == 0, 0, counts[0])  # one replicate without class 0
+    got = SM.AUC.weighted(counts, y, probs)
+    for b in range(40):
+        idx = np.repeat(np.arange(30), counts[b])
+        want = project_auc(y[idx], probs[idx])
+        assert got[b] == pytest.approx(want, abs=1e-12, nan_ok=True)
+    assert np.isnan(got[0]) == (n_classes == 2)
