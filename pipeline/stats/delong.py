@@ -116,14 +116,31 @@ def delong_ci(y, score, level: float = 0.95) -> dict:
     return out
 
 
+def paired_difference(y, score_ref, score_other) -> tuple[np.ndarray, np.ndarray]:
+    """``AUC_other - AUC_ref`` and its DeLong variance for score arrays ``(..., N)`` (vectorised).
+
+    The variance of a difference of two AUCs on the same cases is that of the differences of their
+    placement values: ``var(v10_o - v10_r)/m + var(v01_o - v01_r)/n``, which equals
+    ``var_r + var_o - 2 cov``.
+    """
+    auc_r, v10_r, v01_r = placements(y, score_ref)
+    auc_o, v10_o, v01_o = placements(y, score_other)
+    m, n = v10_r.shape[-1], v01_r.shape[-1]
+    var10 = (v10_o - v10_r).var(axis=-1, ddof=1) / m if m > 1 else 0.0
+    var01 = (v01_o - v01_r).var(axis=-1, ddof=1) / n if n > 1 else 0.0
+    return auc_o - auc_r, var10 + var01
+
+
 def delong_paired(y, score_ref, score_other, level: float = 0.95) -> dict:
     """``AUC_other - AUC_ref`` on the same cases: DeLong SE, normal interval and two-sided z-test p."""
     y, score_ref = _check(y, score_ref)
     _, score_other = _check(y, score_other)
-    auc, cov = auc_covariance(y, np.stack([score_ref, score_other]))
-    diff = float(auc[1] - auc[0])
-    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    se = float(np.sqrt(max(var, 0.0)))
+    if score_ref.shape != score_other.shape or score_ref.ndim != 1:
+        raise PipelineError("DeLong", "the paired test takes two score vectors of the same cases")
+    auc_ref, _ = auc_variance(y, score_ref)
+    diff, var = paired_difference(y, score_ref, score_other)
+    diff = float(diff)
+    se = float(np.sqrt(max(float(var), 0.0)))
     z_crit = stats.norm.ppf(0.5 + level / 2)
     if se > 0:
         z = diff / se
@@ -139,8 +156,8 @@ def delong_paired(y, score_ref, score_other, level: float = 0.95) -> dict:
         "statistic": z,
         "p_value": p,
         "test": "delong-paired",
-        "reference": float(auc[0]),
-        "other": float(auc[1]),
+        "reference": float(auc_ref),
+        "other": float(auc_ref) + diff,
         "n_pos": int(y.sum()),
         "n_neg": int((~y).sum()),
     }
