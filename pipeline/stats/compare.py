@@ -98,17 +98,42 @@ def fold_grid(table: pd.DataFrame, metric: str) -> np.ndarray:
     return grid.to_numpy(dtype=float)
 
 
-def _pooled_rows(pred: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
+def _require(table: pd.DataFrame, columns, what: str) -> None:
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise PipelineError("statistics", f"{what} lack column(s) {', '.join(missing)}")
+
+
+def _pooled_rows(pred, task_type: str) -> tuple[pd.DataFrame, int | None]:
+    """The test rows of the first repeat, each slide (classification) or case (survival) once."""
     pred = pd.DataFrame(pred)
+    if task_type == "survival":
+        _require(pred, ("case_id", "time", "event", "risk"), "survival predictions")
+    else:
+        _require(pred, ("case_id", "label", "prediction"), "classification predictions")
+        if not any(c.startswith("score_") for c in pred.columns):
+            raise PipelineError("statistics", "classification predictions have no score_ column")
     if "role" in pred:
         pred = pred[pred["role"] == "test"]
     first = None
-    if "repeat" in pred and pred["repeat"].nunique() > 0:
+    if "repeat" in pred and len(pred):
         first = int(pred["repeat"].min())
         pred = pred[pred["repeat"] == first]
     if pred.empty:
         raise PipelineError("statistics", "no out-of-fold test predictions to pool")
+    key = _key(pred, task_type)
+    if pred[key].duplicated().any():
+        twice = pred.loc[pred[key].duplicated(), key].iloc[0]
+        raise PipelineError(
+            "statistics",
+            f"{key} {twice} is predicted twice in the pooled test rows of one repeat",
+            "Each case must be in the test part of exactly one fold per repeat.",
+        )
     return pred.reset_index(drop=True), first
+
+
+def _key(pred: pd.DataFrame, task_type: str) -> str:
+    return "slide_id" if task_type == "classification" and "slide_id" in pred else "case_id"
 
 
 def _class_arrays(pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,8 +198,9 @@ def summarise_method(
 ) -> dict:
     """Flat record for one method: CV mean/std/interval and pooled estimate/interval of every metric."""
     folds = _fold_table(fold_metrics)
-    pred, first = _pooled_rows(predictions)
+    pred, first = _pooled_rows(predictions, task_type)
     main = MAIN_METRIC[task_type]
+    _require(folds, (main,), "fold metrics")
     row: dict = {
         "main_metric": main,
         "pooled_repeat": first,
@@ -210,9 +236,9 @@ def summarise_method(
 def _aligned(
     ref: pd.DataFrame, other: pd.DataFrame, task_type: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    key = "slide_id" if task_type == "classification" and "slide_id" in ref else "case_id"
+    key = _key(ref, task_type)
     a, b = ref.set_index(key), other.set_index(key)
-    if a.index.duplicated().any() or set(a.index) != set(b.index):
+    if set(a.index) != set(b.index):
         raise PipelineError(
             "statistics",
             f"the two methods' pooled predictions do not cover the same {key}s once each",
@@ -272,10 +298,7 @@ def compare_methods(
     metric = MAIN_METRIC[task_type]
     fa, fb = _fold_table(ref.fold_metrics), _fold_table(other.fold_metrics)
     for name, table in ((ref.name, fa), (other.name, fb)):
-        if metric not in table:
-            raise PipelineError(
-                "statistics", f"the fold metrics of {name} have no {metric!r} column"
-            )
+        _require(table, (metric,), f"the fold metrics of {name}")
     if set(zip(fa["repeat"], fa["fold"], strict=True)) != set(
         zip(fb["repeat"], fb["fold"], strict=True)
     ):
@@ -285,8 +308,14 @@ def compare_methods(
     diffs = fold_grid(fb, metric) - fold_grid(fa, metric)
     n_tr, n_te = _train_test_sizes(fa, n_train, n_test)
     cv = R.corrected_resampled_ttest(diffs, n_tr, n_te, level)
-    pa, _ = _pooled_rows(ref.predictions)
-    pb, _ = _pooled_rows(other.predictions)
+    pa, first_a = _pooled_rows(ref.predictions, task_type)
+    pb, first_b = _pooled_rows(other.predictions, task_type)
+    if first_a != first_b:
+        raise PipelineError(
+            "statistics",
+            f"pooled predictions come from repeat {first_a} ({ref.name}) and {first_b} ({other.name})",
+            "Compare methods on the same repeats.",
+        )
     pooled = paired_pooled(pa, pb, task_type, metric, n_boot=n_boot, level=level, seed=seed)
     return {
         "reference": ref.name,

@@ -177,3 +177,22 @@ def test_one_class_pooled_auc_is_nan_not_an_error():
     row = summarise_method(_folds(16, CLS), one, "classification", n_boot=50)
     assert np.isnan(row["auc_pooled"]) and np.isnan(row["auc_pooled_ci_low"])
     assert row["accuracy_pooled"] == pytest.approx((one["prediction"] == "pos").mean())
+
+
+def test_pooled_rows_must_be_each_case_once_with_the_needed_columns():
+    pred, folds = _classification(17), _folds(18, CLS)
+    twice = pd.concat([pred, pred.iloc[:1]])
+    with pytest.raises(PipelineError, match="slide_id s0 is predicted twice"):
+        summarise_method(folds, twice, "classification")
+    with pytest.raises(PipelineError, match="lack column.*risk"):
+        summarise_method(
+            _folds(18, ["c_index"]), _survival(1, 0.1).drop(columns="risk"), "survival"
+        )
+    with pytest.raises(PipelineError, match="lack column.*auc"):
+        summarise_method(folds.drop(columns="auc"), pred, "classification")
+    # train/val rows and later repeats are not pooled
+    extra = pd.concat([pred, pred.assign(role="train"), pred.assign(repeat=1)]).fillna(
+        {"repeat": 0}
+    )
+    row = summarise_method(folds, extra, "classification", n_boot=50)
+    assert row["n_cases_pooled"] == 60 and row["pooled_repeat"] == 0
