@@ -31,7 +31,16 @@ from pipeline.stats import repeated as R
 MAIN_METRIC = {"classification": "auc", "survival": "c_index"}
 DISPLAY = {"auc": "AUC", "c_index": "C-index", "accuracy": "accuracy", "f1": "F1"}
 METRICS = {"classification": CLASSIFICATION_METRICS, "survival": ("c_index",)}
-STAT_SUFFIXES = ("mean", "std", "ci_low", "ci_high", "pooled", "pooled_ci_low", "pooled_ci_high")
+STAT_SUFFIXES = (
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "pooled",
+    "pooled_ci_low",
+    "pooled_ci_high",
+    "pooled_ci_method",
+)
 METHOD_COLUMNS = (
     "main_metric",
     "n_repeats",
@@ -62,7 +71,6 @@ COMPARISON_COLUMNS = (
 def summary_columns(task_type: str) -> list[str]:
     """The statistics columns ``summary.csv`` gains for a task type, in order."""
     per_metric = [f"{m}_{s}" for m in _metrics(task_type) for s in STAT_SUFFIXES]
-    per_metric += [f"{m}_pooled_ci_method" for m in _metrics(task_type)]
     return [*METHOD_COLUMNS, *per_metric, *COMPARISON_COLUMNS]
 
 

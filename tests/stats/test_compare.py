@@ -196,3 +196,36 @@ def test_pooled_rows_must_be_each_case_once_with_the_needed_columns():
     )
     row = summarise_method(folds, extra, "classification", n_boot=50)
     assert row["n_cases_pooled"] == 60 and row["pooled_repeat"] == 0
+
+
+def test_statistics_import_no_torch_and_columns_are_stable():
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.stats; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    cols = summary_columns("survival")
+    assert cols[:8] == [
+        "main_metric",
+        "n_repeats",
+        "n_folds",
+        "cv_interval_over",
+        "pooled_repeat",
+        "n_cases_pooled",
+        "n_boot",
+        "seed",
+    ]
+    assert cols[8:16] == [
+        f"c_index_{s}"
+        for s in (
+            "mean",
+            "std",
+            "ci_low",
+            "ci_high",
+            "pooled",
+            "pooled_ci_low",
+            "pooled_ci_high",
+            "pooled_ci_method",
+        )
+    ]
+    assert len(summary_columns("classification")) == 8 + 4 * 8 + 13
