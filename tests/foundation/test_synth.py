@@ -15,6 +15,8 @@ import tiffslide
 
 from pipeline import synth
 from pipeline.cli import main
+from pipeline.synth import fields, writer
+from pipeline.synth import painter as painter_mod
 
 N_SLIDES = 6
 SEED = 3
@@ -143,7 +145,7 @@ def test_survival_time_shortens_with_tumour_burden():
 
 
 def test_same_seed_gives_identical_files_and_pyramid_is_consistent(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth, "_MEMMAP_BYTES", 0)  # also cover the memory-mapped level path
+    monkeypatch.setattr(writer, "_MEMMAP_BYTES", 0)  # also cover the memory-mapped level path
     kwargs = dict(width=1100, height=777, mpp=0.5, seed=11, tumor_fraction=0.06)
     a = synth.write_synthetic_slide(tmp_path / "a" / "s.svs", **kwargs)
     b = synth.write_synthetic_slide(tmp_path / "b" / "s.svs", **kwargs)
@@ -157,7 +159,7 @@ def test_same_seed_gives_identical_files_and_pyramid_is_consistent(tmp_path, mon
     slide = tiffslide.TiffSlide(a.path)
     level0 = slide.read_region((0, 0), 0, slide.level_dimensions[0], as_array=True)[..., :3]
     level1 = slide.read_region((0, 0), 1, slide.level_dimensions[1], as_array=True)[..., :3]
-    expected = synth._downsample4(level0).astype(int)
+    expected = writer.downsample4(level0).astype(int)
     error = np.abs(level1 - expected).mean()
     shifted = np.abs(level1[:, 1:] - expected[:, :-1]).mean()  # one level-1 pixel off
     assert error < 5 and error < 0.6 * shifted
@@ -167,11 +169,11 @@ def test_same_seed_gives_identical_files_and_pyramid_is_consistent(tmp_path, mon
 def test_region_painting_is_seamless_across_tiles():
     rng = np.random.default_rng(5)
     shape = (94, 125)
-    tissue = synth._tissue_field(rng, shape, 8.0)
-    fields = np.stack(
-        [tissue, synth._tumor_field(rng, tissue, 0.08, 8.0), np.full(shape, 0.5, np.float32)]
+    tissue = fields.tissue_field(rng, shape, 8.0)
+    layers = np.stack(
+        [tissue, fields.tumor_field(rng, tissue, 0.08, 8.0), np.full(shape, 0.5, np.float32)]
     )
-    painter = synth._Painter(fields, 16, 0.5, 2000, 1500, rng, overhang=256)
+    painter = painter_mod.Painter(layers, 16, 0.5, 2000, 1500, rng, overhang=256)
     whole = painter.region(256, 256, 1024, 768)
     tiles = np.concatenate(
         [
