@@ -63,6 +63,9 @@ class Extras:
         if unknown:
             raise ValueError(f"unknown ink colour(s) {unknown}; choose from {sorted(INK_RGB)}")
 
+    def as_params(self) -> dict[str, Any]:
+        return {"decoy_fraction": self.decoy_fraction, "ink": list(self.ink), "border": self.border}
+
     def kinds(self) -> list[str]:
         """The masks each slide gets."""
         return (
@@ -288,6 +291,39 @@ def _write_tables(
     return len(burden)
 
 
+def _write_cohort(
+    outdir: Path,
+    existing: dict[str, Any] | None,
+    plan: list[CohortSlide],
+    params: dict[str, Any],
+    extras: Extras,
+    workers: int,
+) -> dict[str, Any]:
+    """Slides, masks, tables, then ``cohort.json`` (last) of a planned cohort."""
+    from pipeline import __version__
+    from pipeline.log import get_logger
+    from pipeline.store import write_json
+
+    log = get_logger("synth")
+    _remove_stale(outdir, existing, plan)
+    (outdir / "slides").mkdir(parents=True, exist_ok=True)
+    (outdir / "masks").mkdir(parents=True, exist_ok=True)
+    infos = _write_slides(outdir, plan, params["mask_mpp"], extras, workers, log)
+    max_burden = params["tumor_fraction_range"][1]
+    n_cases = _write_tables(outdir, infos, params["seed"], params["censored_fraction"], max_burden)
+    cohort = {
+        "generator": f"wsi-mil {__version__} synth",
+        "params": params,
+        "n_cases": n_cases,
+        "mask_convention": MASK_CONVENTION,
+        "survival_model": SURVIVAL_MODEL,
+        "slides": infos,
+    }
+    write_json(outdir / "cohort.json", cohort)
+    log.info("cohort of %d slides / %d cases written to %s", len(infos), n_cases, outdir)
+    return cohort
+
+
 def make_cohort(
     outdir: str | os.PathLike,
     n_slides: int = 24,
@@ -313,9 +349,7 @@ def make_cohort(
     the same parameters is reused as it is (``overwrite=True`` rewrites it), so the demo can call this
     on every run. Returns ``cohort.json``.
     """
-    from pipeline import __version__
     from pipeline.log import get_logger
-    from pipeline.store import write_json
 
     log = get_logger("synth")
     outdir = Path(outdir)
@@ -328,9 +362,7 @@ def make_cohort(
         "two_slide_fraction": two_slide_fraction,
         "censored_fraction": censored_fraction,
         "mask_mpp": mask_mpp,
-        "decoy_fraction": extras.decoy_fraction,
-        "ink": list(extras.ink),
-        "border": extras.border,
+        **extras.as_params(),
         "generator_sha256": generator_digest(),
     }
     existing = _read_cohort(outdir)
@@ -346,19 +378,4 @@ def make_cohort(
         tumor_fraction_range=tumor_fraction_range,
         two_slide_fraction=two_slide_fraction,
     )
-    _remove_stale(outdir, existing, plan)
-    (outdir / "slides").mkdir(parents=True, exist_ok=True)
-    (outdir / "masks").mkdir(parents=True, exist_ok=True)
-    infos = _write_slides(outdir, plan, mask_mpp, extras, workers, log)
-    n_cases = _write_tables(outdir, infos, seed, censored_fraction, tumor_fraction_range[1])
-    cohort = {
-        "generator": f"wsi-mil {__version__} synth",
-        "params": params,
-        "n_cases": n_cases,
-        "mask_convention": MASK_CONVENTION,
-        "survival_model": SURVIVAL_MODEL,
-        "slides": infos,
-    }
-    write_json(outdir / "cohort.json", cohort)
-    log.info("cohort of %d slides / %d cases written to %s", len(infos), n_cases, outdir)
-    return cohort
+    return _write_cohort(outdir, existing, plan, params, extras, workers)

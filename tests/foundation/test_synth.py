@@ -202,3 +202,68 @@ def test_cli_writes_a_cohort_reuses_it_and_rejects_bad_arguments(tmp_path, capsy
     assert main(["synth", str(tmp_path / "bad"), "--slides", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ERROR") and "at least 2 slides" in err[0]
+
+
+def _level0(path) -> np.ndarray:
+    slide = tiffslide.TiffSlide(path)
+    return slide.read_region((0, 0), 0, slide.level_dimensions[0], as_array=True)[..., :3]
+
+
+def _far_from(mask: np.ndarray, d: int, shape) -> np.ndarray:
+    """Level-0 pixels at least four mask cells away from ``mask`` (so the soft edge of a stroke, the
+    nuclei and the JPEG blocks of the changed area are outside)."""
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    up = np.repeat(np.repeat(grown, d, 0), d, 1)[: shape[0], : shape[1]]
+    return ~up
+
+
+def test_decoys_are_dark_like_tumour_outside_the_tumour_mask_and_change_nothing_else(tmp_path):
+    kwargs = dict(width=2400, height=1800, mpp=0.5, seed=7, tumor_fraction=0.08)
+    plain = synth.write_synthetic_slide(tmp_path / "plain.svs", **kwargs)
+    truth = synth.write_synthetic_slide(tmp_path / "decoy.svs", **kwargs, decoy_fraction=0.1)
+    np.testing.assert_array_equal(plain.tumor, truth.tumor)
+    assert not (truth.decoy & truth.tumor).any() and not (truth.decoy & ~truth.tissue).any()
+    assert truth.decoy_fraction == pytest.approx(0.1, abs=2 / truth.tissue.sum())
+    level0, before = _level0(truth.path), _level0(plain.path)
+    d = truth.mask_downsample
+    keep = _far_from(truth.decoy, d, level0.shape)
+    np.testing.assert_array_equal(level0[keep], before[keep])
+    # mean colour per class at the mask cells' centres: decoys are as dark as tumour, unlike stroma
+    ii, jj = np.nonzero(truth.tissue)
+    pix = level0[ii * d + d // 2, jj * d + d // 2].astype(float).mean(-1)
+    tumor, decoy = truth.tumor[ii, jj], truth.decoy[ii, jj]
+    stroma = pix[~tumor & ~decoy].mean()
+    assert abs(pix[decoy].mean() - pix[tumor].mean()) < 25
+    assert pix[decoy].mean() < stroma - 40
+
+
+def test_ink_lies_on_glass_and_tissue_and_changes_nothing_else(tmp_path):
+    kwargs = dict(width=3000, height=2400, mpp=0.5, seed=2, tumor_fraction=0.05)
+    plain = synth.write_synthetic_slide(tmp_path / "plain.svs", **kwargs)
+    truth = synth.write_synthetic_slide(
+        tmp_path / "ink.svs", **kwargs, ink=("blue", "green"), border=True
+    )
+    assert (truth.ink & truth.tissue).any() and (truth.ink & ~truth.tissue).any()
+    assert truth.ink[:, 0].all()  # the dark border runs down the left edge
+    level0, before = _level0(truth.path), _level0(plain.path)
+    keep = _far_from(truth.ink, truth.mask_downsample, level0.shape)
+    assert keep.mean() > 0.5
+    np.testing.assert_array_equal(level0[keep], before[keep])
+    with pytest.raises(ValueError, match="unknown ink colour"):
+        synth.write_synthetic_slide(tmp_path / "x.svs", **kwargs, ink=("purple",))
+
+
+def test_cli_decoy_cohort_writes_decoy_masks_for_both_classes(tmp_path):
+    out = tmp_path / "hard"
+    args = ["synth", str(out), "--slides", "2", "--seed", "2", "--size-scale", "0.4"]
+    assert main([*args, "--decoys", "0.1"]) == 0
+    cohort = json.loads((out / "cohort.json").read_text())
+    masks = json.loads((out / "masks" / "masks.json").read_text())["slides"]
+    assert cohort["params"]["decoy_fraction"] == 0.1
+    assert {s["label"] for s in cohort["slides"]} == {"normal", "tumor"}
+    for s in cohort["slides"]:
+        decoy, tumor = _mask(out, s, "decoy"), _mask(out, s, "tumor")
+        assert masks[s["slide_id"]]["decoy_mask"] == s["decoy_mask"]
+        assert decoy.shape == tuple(s["mask_shape"]) and decoy.any() and not (decoy & tumor).any()
+        measured = decoy.sum() / _mask(out, s, "tissue").sum()
+        assert s["decoy_fraction"] == pytest.approx(measured, abs=1e-6)
