@@ -12,8 +12,7 @@ Modules, one job each:
 - ``fields``: the mask-scale fields (tissue with holes, tumour, decoys, stain drift, pen ink);
 - ``painter``: any level-0 region from the fields (colour table, nuclei, ink), seamless across tiles;
 - ``writer``: one slide streamed into a pyramidal ``.svs``, and its ``SlideTruth``;
-- ``cohort``: a planned cohort of slides with labels, survival times and mask PNGs;
-- ``masks``: read a cohort's masks back and measure them per patch (e.g. tumour fraction).
+- ``cohort``: a planned cohort of slides with labels, survival times and mask PNGs.
 """
 
 from pipeline.synth.cohort import (
@@ -26,7 +25,6 @@ from pipeline.synth.cohort import (
     survival_table,
 )
 from pipeline.synth.fields import INK_RGB
-from pipeline.synth.masks import patch_fraction, read_mask
 from pipeline.synth.writer import MAGNIFICATION_MPP, SlideTruth, write_synthetic_slide
 
 __all__ = [
@@ -38,9 +36,7 @@ __all__ = [
     "Extras",
     "SlideTruth",
     "make_cohort",
-    "patch_fraction",
     "plan_cohort",
-    "read_mask",
     "survival_table",
     "write_synthetic_slide",
 ]

@@ -15,7 +15,6 @@ import tiffslide
 
 from pipeline import synth
 from pipeline.cli import main
-from pipeline.errors import PipelineError
 from pipeline.synth import fields, writer
 from pipeline.synth import painter as painter_mod
 
@@ -268,28 +267,3 @@ def test_cli_decoy_cohort_writes_decoy_masks_for_both_classes(tmp_path):
         assert decoy.shape == tuple(s["mask_shape"]) and decoy.any() and not (decoy & tumor).any()
         measured = decoy.sum() / _mask(out, s, "tissue").sum()
         assert s["decoy_fraction"] == pytest.approx(measured, abs=1e-6)
-
-
-def test_patch_tumour_fraction_from_the_written_masks(cohort):
-    outdir, info = cohort
-    s = next(s for s in info["slides"] if s["label"] == "tumor")
-    mask, d = synth.read_mask(outdir, s["slide_id"], "tumor")
-    np.testing.assert_array_equal(mask, _mask(outdir, s, "tumor"))
-    assert d == s["mask_downsample"]
-    # whole-cell patches: the plain block mean of the PNG
-    size = 8 * d
-    ii, jj = np.nonzero(mask)
-    coords = np.array(
-        [[j * d - 3 * d, i * d - 3 * d] for i, j in zip(ii[:40:7], jj[:40:7], strict=True)]
-    )
-    coords = np.clip(coords, 0, None)
-    got = synth.patch_fraction(mask, d, coords, size)
-    want = [mask[y // d : y // d + 8, x // d : x // d + 8].mean() for x, y in coords]
-    np.testing.assert_allclose(got, want)
-    # half a mask pixel off the cell grid: exact partial areas
-    toy = np.zeros((4, 4), bool)
-    toy[1, 1] = True
-    frac = synth.patch_fraction(toy, 10, np.array([[5, 5], [15, 15], [0, 0]]), 20)
-    np.testing.assert_allclose(frac, [0.25, 0.0625, 0.25])  # (5, 5) holds the whole pixel
-    with pytest.raises(PipelineError, match="no decoy mask"):
-        synth.read_mask(outdir, s["slide_id"], "decoy")
