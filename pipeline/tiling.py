@@ -32,7 +32,7 @@ from pipeline.tissue import Tissue, TissueParams, read_for_segmentation, segment
 QC_MAX_SIDE = 2048
 #: A segmentation image at least this long is reused for the QC thumbnail instead of a second read.
 QC_MIN_SIDE = 1024
-_GREEN, _BLUE, _PATCH = (0, 200, 0), (0, 80, 255), (255, 140, 0)  # RGB
+_GREEN, _BLUE, _PATCH, _ARTEFACT = (0, 200, 0), (0, 80, 255), (255, 140, 0), (255, 0, 255)  # RGB
 
 
 @dataclass
@@ -160,6 +160,7 @@ def tile_attrs(
             "holes": sum(len(h) for h in tissue.holes),
         },
         "tissue_area_mm2": round(tissue.area_mm2, 6),
+        "artefact_area_mm2": {k: round(v, 6) for k, v in tissue.artefact_area_mm2.items()},
         "n_candidates": result.n_candidates,
         "n_patches": len(result.coords),
         "failed": False,
@@ -178,7 +179,8 @@ def slide_attrs(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def qc_image(slide: Slide, result: TilingResult) -> np.ndarray:
-    """RGB thumbnail with tissue contours (green), kept holes (blue) and kept patches (orange)."""
+    """RGB thumbnail with tissue contours (green), kept holes (blue), kept patches (orange) and the
+    areas excluded as artefacts (pen ink, near-black; magenta outline)."""
     tissue = result.tissue
     width, height = slide.dimensions
     mpp = result.geometry.slide_mpp
@@ -208,11 +210,23 @@ def qc_image(slide: Slide, result: TilingResult) -> np.ndarray:
         cv2.rectangle(thumb, p0, p1, _PATCH, 1)
     cv2.drawContours(thumb, to_thumb(tissue.pieces), -1, _GREEN, line)
     cv2.drawContours(thumb, to_thumb([h for hs in tissue.holes for h in hs]), -1, _BLUE, line)
+    if tissue.excluded is not None and tissue.excluded.any():
+        excluded, _ = cv2.findContours(tissue.excluded, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(thumb, to_thumb(list(excluded)), -1, _ARTEFACT, line)
     title = (
         f"{slide.name}  {mpp:.3f} um/px  tissue {tissue.area_mm2:.2f} mm2  "
         f"{len(result.coords)} patches of {size} px (level 0)"
     )
-    return _with_caption(thumb, [title])
+    return _with_caption(thumb, [title, _artefact_caption(tissue)])
+
+
+def _artefact_caption(tissue: Tissue) -> str:
+    """The QC picture's second line: what the artefact rules excluded, by rule."""
+    areas = {k: v for k, v in tissue.artefact_area_mm2.items() if k != "total" and v > 0}
+    if not areas:
+        return "excluded artefacts (magenta): none"
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in areas.items())
+    return f"excluded artefacts (magenta), mm2: {parts}"
 
 
 def error_image(line: str) -> np.ndarray:
@@ -322,6 +336,11 @@ def run_tiling(
         tissue.threshold,
         result.seconds["read"] + result.seconds["mask"],
     )
+    if tissue.artefact_area_mm2.get("total", 0.0) > 0:
+        log.info(
+            "excluded as artefacts: %s",
+            ", ".join(f"{k} {v:.3f} mm²" for k, v in tissue.artefact_area_mm2.items()),
+        )
     n = len(result.coords)
     if n == 0:
         log.warning(

@@ -7,8 +7,17 @@ low-resolution image of the whole slide at about ``seg_mpp`` µm/px. Where CLAM 
 drop every piece of a small biopsy), here tissue and hole areas are in µm², so one set of defaults suits a
 needle biopsy and a large resection at any magnification.
 
-The result keeps the contours (for the QC image) and renders "tissue minus holes" as a mask at the
-segmentation resolution, which is what the patch grid measures its tissue fraction against.
+Saturation alone takes pen ink and dark scanner borders for tissue (ink is saturated; near-black pixels
+have an unstable, often high saturation because max(R, G, B) is small). So before the contours are
+traced, artefacts are found by colour on the same median-blurred image and cut out of the mask: pen ink
+by hue and value (blue, green, red marker, black marker; ``pen_colors``) and near-black regions
+(``near_black``), each widened by ``ARTEFACT_MARGIN_UM`` to take the ink's soft edge with it. The rules are
+ours, in HSV (OpenCV scale: hue 0-179, saturation and value 0-255); like histolab's pen filters they
+accept losing a little tissue under the ink. H&E never has a green or sky-blue hue, so those rules are
+safe; the red rule needs a marker-like saturation (eosin and frozen-section pink stay below ~150).
+
+The result keeps the contours (for the QC image) and renders "tissue minus holes minus artefacts" as a
+mask at the segmentation resolution, which is what the patch grid measures its tissue fraction against.
 """
 
 from __future__ import annotations
@@ -25,6 +34,19 @@ from pipeline.slides import Slide, read_at_mpp
 #: Otsu on a blank slide splits sensor noise; its threshold never goes below this saturation.
 OTSU_FLOOR = 8
 
+#: Pen-ink rules: (hue ranges, minimum saturation, value range), all on the median-blurred image.
+#: Hue ranges are inclusive; red wraps around 0.
+PEN_RULES: dict[str, tuple[tuple[tuple[int, int], ...], int, tuple[int, int]]] = {
+    "blue": (((95, 125),), 70, (40, 255)),  # 190-250°: below haematoxylin's violet (~260-300°)
+    "green": (((35, 94),), 40, (40, 255)),  # 70-188°: no H&E stain has it
+    "red": (((0, 6), (174, 179)), 170, (60, 255)),  # marker red, more saturated than eosin/blood
+    "black": (((0, 179),), 0, (0, 70)),  # dark marker; tissue at 8 µm/px stays above ~80
+}
+#: Near-black: max(R, G, B) at most this (scanner borders, slide-edge shadows).
+NEAR_BLACK_VALUE = 40
+#: Artefact masks are widened by this much (µm) to take the ink's soft, paler edge with them.
+ARTEFACT_MARGIN_UM = 24.0
+
 
 @dataclass(frozen=True)
 class TissueParams:
@@ -38,20 +60,28 @@ class TissueParams:
     min_tissue_area_um2: float
     min_hole_area_um2: float
     max_holes: int
+    pen_colors: tuple[str, ...]
+    near_black: bool
 
     @classmethod
     def from_config(cls, tiling: dict[str, Any]) -> TissueParams:
-        return cls(**{k: tiling[k] for k in cls.__dataclass_fields__})
+        values = {k: tiling[k] for k in cls.__dataclass_fields__}
+        values["pen_colors"] = tuple(values["pen_colors"])
+        return cls(**values)
 
     def as_attrs(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["pen_colors"] = list(self.pen_colors)
+        return out
 
 
 @dataclass
 class Tissue:
     """Tissue pieces and their holes, as contours in mask pixels, plus the rendered mask.
 
-    ``scale`` is level-0 pixels per mask pixel along (x, y); ``mask`` is 1 on tissue minus holes.
+    ``scale`` is level-0 pixels per mask pixel along (x, y); ``mask`` is 1 on tissue minus holes minus
+    artefacts. ``excluded`` is 1 where an artefact rule fired (widened), and ``artefact_area_mm2`` the
+    area of each rule's exclusion (rules may overlap; ``total`` is their union).
     """
 
     mask: np.ndarray = field(repr=False)
@@ -60,6 +90,8 @@ class Tissue:
     pieces: list[np.ndarray] = field(repr=False)
     holes: list[list[np.ndarray]] = field(repr=False)
     threshold: float
+    excluded: np.ndarray = field(repr=False, default=None)
+    artefact_area_mm2: dict[str, float] = field(default_factory=dict)
 
     @property
     def mask_mpp(self) -> tuple[float, float]:
@@ -90,6 +122,49 @@ def saturation_mask(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, 
         kernel = np.ones((params.close, params.close), np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
     return mask, threshold
+
+
+def _blurred_hsv(rgb: np.ndarray, mthresh: int) -> np.ndarray:
+    """HSV of the median-blurred image (the same kernel as the saturation mask's)."""
+    k = mthresh if mthresh % 2 else mthresh + 1
+    return cv2.cvtColor(cv2.medianBlur(rgb, k) if k > 1 else rgb, cv2.COLOR_RGB2HSV)
+
+
+def _pen_mask(hsv: np.ndarray, colour: str) -> np.ndarray:
+    """Pixels of one pen colour by its hue, saturation and value rule (``PEN_RULES``)."""
+    if colour not in PEN_RULES:
+        raise PipelineError(
+            "config",
+            f"tiling.pen_colors has unknown colour {colour!r}",
+            f"Use some of: {', '.join(PEN_RULES)}.",
+        )
+    hues, min_sat, (v_lo, v_hi) = PEN_RULES[colour]
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    in_hue = np.zeros(h.shape, bool)
+    for lo, hi in hues:
+        in_hue |= (h >= lo) & (h <= hi)
+    return in_hue & (s >= min_sat) & (v >= v_lo) & (v <= v_hi)
+
+
+def artefact_masks(rgb: np.ndarray, params: TissueParams, pixel_um: float) -> dict[str, np.ndarray]:
+    """uint8 masks (1 = artefact) of each enabled rule: ``pen_<colour>`` and ``near_black``.
+
+    Specks of one or two pixels are dropped (opening) and what remains is widened by
+    ``ARTEFACT_MARGIN_UM``, so the paler edge of a stroke, which the colour rule misses but the
+    saturation threshold still calls tissue, goes with it.
+    """
+    hsv = _blurred_hsv(rgb, params.mthresh)
+    raw = {f"pen_{c}": _pen_mask(hsv, c) for c in params.pen_colors}
+    if params.near_black:
+        raw["near_black"] = rgb.max(axis=-1) <= NEAR_BLACK_VALUE
+    r = max(1, round(ARTEFACT_MARGIN_UM / pixel_um))
+    widen = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    speck = np.ones((3, 3), np.uint8)
+    out = {}
+    for name, hit in raw.items():
+        m = cv2.morphologyEx(hit.astype(np.uint8), cv2.MORPH_OPEN, speck)
+        out[name] = cv2.dilate(m, widen) if m.any() else m
+    return out
 
 
 def filter_contours(
@@ -144,12 +219,25 @@ def render_mask(
 def segment_rgb(
     rgb: np.ndarray, scale: tuple[float, float], slide_mpp: float, params: TissueParams
 ) -> Tissue:
-    """Segment a low-resolution RGB image whose pixels are ``scale`` level-0 pixels wide (x, y)."""
+    """Segment a low-resolution RGB image whose pixels are ``scale`` level-0 pixels wide (x, y).
+
+    Artefacts are cut out of the thresholded mask before the contours are traced (so a stroke on the
+    glass makes no tissue piece) and again from the rendered mask (a stroke inside tissue is a hole
+    that the ``max_holes`` / ``min_hole_area_um2`` rules might otherwise fill back in).
+    """
     binary, threshold = saturation_mask(rgb, params)
     pixel_area = scale[0] * scale[1] * slide_mpp * slide_mpp
+    artefacts = artefact_masks(rgb, params, float(np.sqrt(pixel_area)))
+    excluded = np.zeros(binary.shape, np.uint8)
+    for m in artefacts.values():
+        excluded |= m
+    binary[excluded > 0] = 0
     pieces, holes = filter_contours(binary, pixel_area, params)
     mask = render_mask(binary.shape, pieces, holes)
-    return Tissue(mask, scale, slide_mpp, pieces, holes, threshold)
+    mask[excluded > 0] = 0
+    areas = {k: float(np.count_nonzero(m)) * pixel_area / 1e6 for k, m in artefacts.items()}
+    areas["total"] = float(np.count_nonzero(excluded)) * pixel_area / 1e6
+    return Tissue(mask, scale, slide_mpp, pieces, holes, threshold, excluded, areas)
 
 
 def read_for_segmentation(

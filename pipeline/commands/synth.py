@@ -5,6 +5,12 @@ survival.csv (case_id,time,event), masks/{slide}_tissue.png and masks/{slide}_tu
 --mask-mpp um/px, see masks/masks.json), and cohort.json (per-slide size, MPP, magnification, tumour
 fraction, label, case; written last). Same arguments give byte-identical files, and a complete cohort
 made with the same arguments is reused (--overwrite rewrites it).
+
+Harder cohorts, each option off by default (off, the files are exactly those of a cohort without it):
+--decoys F puts F of every slide's tissue (both classes) in dark, tumour-like regions that are not
+tumour (lymphoid-aggregate-like: packed small round nuclei), with masks/{slide}_decoy.png; --ink COLOUR...
+draws pen strokes (one on the glass, one across the tissue outline per colour) and --border a near-black
+band along the left edge, with masks/{slide}_ink.png. The tumour mask never includes decoys.
 """
 
 from __future__ import annotations
@@ -48,6 +54,24 @@ def add_arguments(parser) -> None:
         help="ground-truth mask resolution, um/px (default 8)",
     )
     parser.add_argument(
+        "--decoys",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of each slide's tissue in dark tumour-like decoys, both classes (default 0)",
+    )
+    parser.add_argument(
+        "--ink",
+        nargs="+",
+        default=[],
+        choices=["blue", "green", "red", "black"],
+        metavar="COLOUR",
+        help="pen-ink strokes to draw: blue green red black (default none)",
+    )
+    parser.add_argument(
+        "--border", action="store_true", help="draw a near-black scanner border (default off)"
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="processes writing slides (default 1)"
     )
     parser.add_argument(
@@ -73,6 +97,9 @@ def run(args) -> int:
             mask_mpp=args.mask_mpp,
             workers=args.workers,
             overwrite=args.overwrite,
+            decoy_fraction=args.decoys,
+            ink=tuple(args.ink),
+            border=args.border,
         )
     except ValueError as err:
         raise PipelineError(args.outdir, str(err), "Check the wsi-mil synth arguments.") from err

@@ -15,6 +15,8 @@ import tiffslide
 
 from pipeline import synth
 from pipeline.cli import main
+from pipeline.synth import fields, writer
+from pipeline.synth import painter as painter_mod
 
 N_SLIDES = 6
 SEED = 3
@@ -143,7 +145,7 @@ def test_survival_time_shortens_with_tumour_burden():
 
 
 def test_same_seed_gives_identical_files_and_pyramid_is_consistent(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth, "_MEMMAP_BYTES", 0)  # also cover the memory-mapped level path
+    monkeypatch.setattr(writer, "_MEMMAP_BYTES", 0)  # also cover the memory-mapped level path
     kwargs = dict(width=1100, height=777, mpp=0.5, seed=11, tumor_fraction=0.06)
     a = synth.write_synthetic_slide(tmp_path / "a" / "s.svs", **kwargs)
     b = synth.write_synthetic_slide(tmp_path / "b" / "s.svs", **kwargs)
@@ -157,7 +159,7 @@ def test_same_seed_gives_identical_files_and_pyramid_is_consistent(tmp_path, mon
     slide = tiffslide.TiffSlide(a.path)
     level0 = slide.read_region((0, 0), 0, slide.level_dimensions[0], as_array=True)[..., :3]
     level1 = slide.read_region((0, 0), 1, slide.level_dimensions[1], as_array=True)[..., :3]
-    expected = synth._downsample4(level0).astype(int)
+    expected = writer.downsample4(level0).astype(int)
     error = np.abs(level1 - expected).mean()
     shifted = np.abs(level1[:, 1:] - expected[:, :-1]).mean()  # one level-1 pixel off
     assert error < 5 and error < 0.6 * shifted
@@ -167,11 +169,11 @@ def test_same_seed_gives_identical_files_and_pyramid_is_consistent(tmp_path, mon
 def test_region_painting_is_seamless_across_tiles():
     rng = np.random.default_rng(5)
     shape = (94, 125)
-    tissue = synth._tissue_field(rng, shape, 8.0)
-    fields = np.stack(
-        [tissue, synth._tumor_field(rng, tissue, 0.08, 8.0), np.full(shape, 0.5, np.float32)]
+    tissue = fields.tissue_field(rng, shape, 8.0)
+    layers = np.stack(
+        [tissue, fields.tumor_field(rng, tissue, 0.08, 8.0), np.full(shape, 0.5, np.float32)]
     )
-    painter = synth._Painter(fields, 16, 0.5, 2000, 1500, rng, overhang=256)
+    painter = painter_mod.Painter(layers, 16, 0.5, 2000, 1500, rng, overhang=256)
     whole = painter.region(256, 256, 1024, 768)
     tiles = np.concatenate(
         [
@@ -200,3 +202,68 @@ def test_cli_writes_a_cohort_reuses_it_and_rejects_bad_arguments(tmp_path, capsy
     assert main(["synth", str(tmp_path / "bad"), "--slides", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ERROR") and "at least 2 slides" in err[0]
+
+
+def _level0(path) -> np.ndarray:
+    slide = tiffslide.TiffSlide(path)
+    return slide.read_region((0, 0), 0, slide.level_dimensions[0], as_array=True)[..., :3]
+
+
+def _far_from(mask: np.ndarray, d: int, shape) -> np.ndarray:
+    """Level-0 pixels at least four mask cells away from ``mask`` (so the soft edge of a stroke, the
+    nuclei and the JPEG blocks of the changed area are outside)."""
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    up = np.repeat(np.repeat(grown, d, 0), d, 1)[: shape[0], : shape[1]]
+    return ~up
+
+
+def test_decoys_are_dark_like_tumour_outside_the_tumour_mask_and_change_nothing_else(tmp_path):
+    kwargs = dict(width=2400, height=1800, mpp=0.5, seed=7, tumor_fraction=0.08)
+    plain = synth.write_synthetic_slide(tmp_path / "plain.svs", **kwargs)
+    truth = synth.write_synthetic_slide(tmp_path / "decoy.svs", **kwargs, decoy_fraction=0.1)
+    np.testing.assert_array_equal(plain.tumor, truth.tumor)
+    assert not (truth.decoy & truth.tumor).any() and not (truth.decoy & ~truth.tissue).any()
+    assert truth.decoy_fraction == pytest.approx(0.1, abs=2 / truth.tissue.sum())
+    level0, before = _level0(truth.path), _level0(plain.path)
+    d = truth.mask_downsample
+    keep = _far_from(truth.decoy, d, level0.shape)
+    np.testing.assert_array_equal(level0[keep], before[keep])
+    # mean colour per class at the mask cells' centres: decoys are as dark as tumour, unlike stroma
+    ii, jj = np.nonzero(truth.tissue)
+    pix = level0[ii * d + d // 2, jj * d + d // 2].astype(float).mean(-1)
+    tumor, decoy = truth.tumor[ii, jj], truth.decoy[ii, jj]
+    stroma = pix[~tumor & ~decoy].mean()
+    assert abs(pix[decoy].mean() - pix[tumor].mean()) < 25
+    assert pix[decoy].mean() < stroma - 40
+
+
+def test_ink_lies_on_glass_and_tissue_and_changes_nothing_else(tmp_path):
+    kwargs = dict(width=3000, height=2400, mpp=0.5, seed=2, tumor_fraction=0.05)
+    plain = synth.write_synthetic_slide(tmp_path / "plain.svs", **kwargs)
+    truth = synth.write_synthetic_slide(
+        tmp_path / "ink.svs", **kwargs, ink=("blue", "green"), border=True
+    )
+    assert (truth.ink & truth.tissue).any() and (truth.ink & ~truth.tissue).any()
+    assert truth.ink[:, 0].all()  # the dark border runs down the left edge
+    level0, before = _level0(truth.path), _level0(plain.path)
+    keep = _far_from(truth.ink, truth.mask_downsample, level0.shape)
+    assert keep.mean() > 0.5
+    np.testing.assert_array_equal(level0[keep], before[keep])
+    with pytest.raises(ValueError, match="unknown ink colour"):
+        synth.write_synthetic_slide(tmp_path / "x.svs", **kwargs, ink=("purple",))
+
+
+def test_cli_decoy_cohort_writes_decoy_masks_for_both_classes(tmp_path):
+    out = tmp_path / "hard"
+    args = ["synth", str(out), "--slides", "2", "--seed", "2", "--size-scale", "0.4"]
+    assert main([*args, "--decoys", "0.1"]) == 0
+    cohort = json.loads((out / "cohort.json").read_text())
+    masks = json.loads((out / "masks" / "masks.json").read_text())["slides"]
+    assert cohort["params"]["decoy_fraction"] == 0.1
+    assert {s["label"] for s in cohort["slides"]} == {"normal", "tumor"}
+    for s in cohort["slides"]:
+        decoy, tumor = _mask(out, s, "decoy"), _mask(out, s, "tumor")
+        assert masks[s["slide_id"]]["decoy_mask"] == s["decoy_mask"]
+        assert decoy.shape == tuple(s["mask_shape"]) and decoy.any() and not (decoy & tumor).any()
+        measured = decoy.sum() / _mask(out, s, "tissue").sum()
+        assert s["decoy_fraction"] == pytest.approx(measured, abs=1e-6)

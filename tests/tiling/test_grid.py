@@ -61,6 +61,8 @@ def _params(**kw):
         min_tissue_area_um2=20000,
         min_hole_area_um2=4000,
         max_holes=8,
+        pen_colors=("blue", "green", "red", "black"),
+        near_black=True,
     )
     return TissueParams(**{**base, **kw})
 
