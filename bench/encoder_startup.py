@@ -10,10 +10,13 @@ sees, except that the weights file is already in the page cache after the first 
 * ``total``: both, wall clock.
 
 The weights are random tensors saved once as safetensors in ``--cache`` (the speed of building and
-loading does not depend on their values). Runs ``--repeat`` times per encoder and keeps the median.
+loading does not depend on their values). Runs ``--repeat`` times per encoder and keeps the median;
+the first run of each code tree starts with an empty fingerprint cache (``first create`` column).
+``--tree`` compares code trees in the same run (e.g. an export of an older commit):
 
     .venv/bin/python bench/encoder_startup.py                           # resnet50_trunc, uni
-    .venv/bin/python bench/encoder_startup.py --encoders uni --repeat 5
+    git archive 39a7a49 | tar -x -C /tmp/before
+    .venv/bin/python bench/encoder_startup.py --tree /tmp/before --tree . --repeat 3
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,18 +60,21 @@ def weights_file(name: str, cache: Path) -> Path:
     return path
 
 
-def measure(name: str, path: Path, repeat: int, env: dict) -> dict:
+def measure(name: str, path: Path, repeat: int, env: dict, tree: Path) -> dict:
     runs = []
+    env = dict(env, PYTHONPATH=str(tree.resolve()))
     for _ in range(repeat):
         out = subprocess.run(
             [sys.executable, "-c", CHILD, name, str(path)],
             capture_output=True,
             text=True,
             env=env,
+            cwd=tree,
             check=True,
         )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    result = {k: statistics.median(r[k] for r in runs[1:] or runs) for k in runs[0]}
+    return {**result, "first": runs[0]["create"]}
 
 
 def main() -> int:
@@ -75,16 +82,25 @@ def main() -> int:
     parser.add_argument("--encoders", default="resnet50_trunc,uni")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/wsi-mil-bench/startup"))
+    parser.add_argument("--tree", type=Path, action="append", help="code tree(s) to time")
     args = parser.parse_args()
+    trees = args.tree or [Path(__file__).resolve().parents[1]]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    env.setdefault("HF_HOME", str(args.cache / "hf_home"))  # fingerprint cache lives here
-    print(f"{'encoder':16} {'file MB':>8} {'import s':>9} {'create s':>9} {'total s':>8}")
+    print(
+        f"{'tree':24} {'encoder':16} {'file MB':>8} {'import s':>9} {'first create s':>15} "
+        f"{'create s':>9} {'total s':>8}"
+    )
     for name in args.encoders.split(","):
         path = weights_file(name, args.cache)
-        r = measure(name, path, args.repeat, env)
         size = path.stat().st_size / 1e6
-        print(f"{name:16} {size:8.0f} {r['import']:9.2f} {r['create']:9.2f} {r['total']:8.2f}")
+        for i, tree in enumerate(trees):
+            home = args.cache / f"hf_home_{name}_{i}"  # empty fingerprint cache per tree
+            shutil.rmtree(home, ignore_errors=True)
+            r = measure(name, path, args.repeat, dict(env, HF_HOME=str(home)), tree)
+            print(
+                f"{str(tree)[-24:]:24} {name:16} {size:8.0f} {r['import']:9.2f} "
+                f"{r['first']:15.2f} {r['create']:9.2f} {r['total']:8.2f}"
+            )
     return 0
 
 
