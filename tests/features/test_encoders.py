@@ -334,3 +334,19 @@ def test_listing_shows_licence_gating_and_the_unsupported_model(capsys):
         assert str(spec.dim) in row and spec.licence in row and spec.pretrained.describe() in row
     assert "(gated)" in next(r for r in out.splitlines() if r.startswith("virchow2 "))
     assert "conch_v15" in out and "trust_remote_code" in out
+
+
+def test_listing_and_config_checks_import_neither_torch_nor_timm():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pipeline.cli import main\n"
+        "main(['encoders', '--names'])\n"
+        "from pipeline.encoders import get_spec; get_spec('midnight').store_attrs()\n"
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'imported torch'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [s.name for s in list_encoders()]
