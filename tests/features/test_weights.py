@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +249,115 @@ def test_hub_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert weights_module.hub_cache_dir() == tmp_path / "home" / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     assert weights_module.hub_cache_dir() == tmp_path / "cache"
+
+
+# --- foundation models from a hub cache, and the fingerprint cache -------------------------------
+
+
+def small_card_model(name: str):
+    """A 1-block model of the entry's architecture, as timm/transformers build it from the card."""
+    spec = get_spec(name)
+    torch.manual_seed(5)
+    depth = {"depth": 1} if spec.recipe["library"] == "timm" else {"num_hidden_layers": 1}
+    return spec.build(None, None, **depth).eval(), depth
+
+
+def test_gated_uni2_h_loads_offline_from_a_local_hub_cache(offline_hub):
+    model, depth = small_card_model("uni2_h")
+    blob = offline_hub / "uni2.bin"
+    torch.save(model.state_dict(), blob)  # UNI2-h publishes pytorch_model.bin
+    snapshot = fake_hub_cache(offline_hub / "hub", "MahmoodLab/UNI2-h", {"pytorch_model.bin": blob})
+    encoder = create_encoder("uni2_h", "pretrained", **depth)  # HF_HUB_OFFLINE=1, no token
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(encoder(x), model(x), rtol=0, atol=0)
+    prov = encoder.provenance
+    assert prov["weights_source"] == "hf-hub:MahmoodLab/UNI2-h (gated)"
+    assert prov["weights_sha256"] == sha256(blob)
+    assert Path(prov["weights_files"][0]["file"]) == snapshot / "pytorch_model.bin"
+
+
+def test_gated_entry_without_access_is_one_line_naming_the_page(monkeypatch):
+    with pytest.raises(PipelineError) as err:  # offline and not cached
+        create_encoder("virchow2", "pretrained")
+    line = err.value.line()
+    assert "\n" not in line and "huggingface.co/paige-ai/Virchow2" in line and "HF_TOKEN" in line
+    from huggingface_hub.errors import GatedRepoError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_granted")
+
+    def gated(repo_id, filename, **kwargs):
+        error = GatedRepoError.__new__(GatedRepoError)
+        Exception.__init__(error, f"Access to model {repo_id} is restricted")
+        raise error
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", gated)
+    with pytest.raises(PipelineError, match="no access to the gated model") as err:
+        create_encoder("h_optimus_1", "pretrained")
+    assert "\n" not in err.value.line() and "bioptimus/H-optimus-1" in err.value.line()
+
+
+def test_dinov2_config_json_must_agree_with_the_recipe(offline_hub):
+    model, depth = small_card_model("phikon_v2")
+    weights = offline_hub / "phikon.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    config = {**model.config.to_dict(), "num_hidden_layers": 1}
+    files = {"config.json": json.dumps(config).encode(), "model.safetensors": weights}
+    fake_hub_cache(offline_hub / "hub", "owkin/phikon-v2", files)
+    encoder = create_encoder("phikon_v2", "pretrained", **depth)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(encoder(x), model(pixel_values=x).last_hidden_state[:, 0])
+    folder = offline_hub / "other"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-12}))
+    (folder / "model.safetensors").write_bytes(weights.read_bytes())
+    with pytest.raises(PipelineError, match=r"layer_norm_eps=1e-12 \(registry: 1e-06\)"):
+        create_encoder("phikon_v2", str(folder), **depth)
+
+
+def test_fingerprint_is_computed_once_per_file_size_and_mtime(tmp_path, monkeypatch, offline_hub):
+    calls = []
+    real = weights_module.sha256_file
+    monkeypatch.setattr(weights_module, "sha256_file", lambda p: calls.append(p) or real(p))
+    state = create_encoder("efficientnet_lite0").trunk.state_dict()
+    calls.clear()  # the package's own file was hashed once above
+    file = tmp_path / "lite0.safetensors"
+    save_file(state, str(file))
+    first = create_encoder("efficientnet_lite0", str(file)).provenance["weights_sha256"]
+    again = create_encoder("efficientnet_lite0", str(file)).provenance["weights_sha256"]
+    assert first == again == sha256(file) and len(calls) == 1
+    cache = json.loads(weights_module.fingerprint_cache_path().read_text())
+    assert weights_module.fingerprint_cache_path().parent.parent == offline_hub  # under HF_HOME
+    assert cache[str(file.resolve())]["sha256"] == first
+
+    changed = {k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}
+    save_file(changed, str(file))  # same size, new content and mtime
+    os.utime(file, ns=(1, 10**18))
+    second = create_encoder("efficientnet_lite0", str(file)).provenance["weights_sha256"]
+    assert second == sha256(file) != first and len(calls) == 2
+    monkeypatch.setenv("WSI_MIL_FINGERPRINT_CACHE", str(tmp_path / "elsewhere.json"))
+    create_encoder("efficientnet_lite0", str(file))
+    assert len(calls) == 3 and (tmp_path / "elsewhere.json").is_file()
+
+
+def test_weights_are_assigned_not_copied_into_a_random_init(tmp_path, monkeypatch):
+    """With a checkpoint no parameter is ever initialised on the CPU: the trunk's tensors are the
+    file's (cast to float32), built on the meta device first."""
+    inits = []
+    real = torch.nn.init.trunc_normal_
+    monkeypatch.setattr(
+        torch.nn.init,
+        "trunc_normal_",
+        lambda t, *a, **k: inits.append(t.device.type) or real(t, *a, **k),
+    )
+    model, depth = small_card_model("virchow2")
+    inits.clear()
+    file = tmp_path / "v2.safetensors"
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(file))
+    encoder = create_encoder("virchow2", str(file), **depth)
+    assert set(inits) <= {"meta"}
+    own = encoder.trunk.state_dict()
+    assert all(v.dtype == torch.float32 and not v.is_meta for v in own.values())
+    assert all(torch.equal(own[k], v.half().float()) for k, v in model.state_dict().items())
