@@ -1,4 +1,9 @@
-"""Validate a config file against the workflow schema; print one line per problem."""
+"""Validate a config file against the workflow schema; print one line per problem.
+
+Beyond the schema it checks what is known before any slide is read: ``tiling.overlap`` below
+``tiling.patch_size``, ``features.weights`` keys that are listed encoders, and registered encoder and
+method names.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-HELP = "validate a config file (unknown keys and wrong types are errors)"
+HELP = "validate a config file (unknown keys, wrong types, unknown encoder/method names are errors)"
 NAME = "check-config"
 
 
@@ -16,7 +21,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from pipeline.config import config_errors
+    from pipeline.config import config_errors, encoder_name_errors
 
     path: Path = args.config
     if not path.exists():
@@ -30,7 +35,7 @@ def run(args) -> int:
     if not isinstance(data, dict):
         print(f"ERROR {path}: config must be a mapping of keys to values.", file=sys.stderr)
         return 1
-    problems = config_errors(data, source=str(path))
+    problems = config_errors(data, source=str(path)) + encoder_name_errors(data, str(path))
     for line in problems:
         print(f"ERROR {line}", file=sys.stderr)
     if not problems:
