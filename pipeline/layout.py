@@ -10,6 +10,7 @@ contracts", for what each file holds.
 Layout of ``results_dir``::
 
     config.effective.yaml                      the validated config the commands run with
+    run.json                                   what the current run is made of (for the report)
     tiles/{slide}.zarr    qc/{slide}.png       tiling
     features/{encoder}/{slide}.zarr            feature extraction
     splits/{task}.csv                          folds per task
@@ -45,6 +46,7 @@ FOLD_FILES: dict[str, str] = {
 SUMMARY_JSON = "summary.json"  # one per task x encoder x method (and per method in `wsi-mil cv`)
 SPLITS_CSV = "splits.csv"  # the folds `wsi-mil cv` writes into its output folder
 EFFECTIVE_CONFIG = "config.effective.yaml"
+RUN_MANIFEST = "run.json"  # the slides, encoders and benchmark files of the current run (report)
 
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
 
@@ -94,6 +96,10 @@ class Layout:
     @property
     def effective_config(self) -> str:
         return self._join(EFFECTIVE_CONFIG)
+
+    @property
+    def run_manifest(self) -> str:
+        return self._join(RUN_MANIFEST)
 
     @property
     def summary_csv(self) -> str:
