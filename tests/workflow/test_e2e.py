@@ -1,5 +1,5 @@
 """The whole workflow on a tiny synthetic cohort (8 slides, one corrupt, both task types): every
-contracted output exists and holds what the data contract says (DESIGN §3)."""
+contracted output exists and holds what the data contract says (docs/architecture.md, "Data contracts")."""
 
 from __future__ import annotations
 
