@@ -124,21 +124,6 @@ def _cross_field_errors(config: dict[str, Any], source: str) -> list[str]:
     return lines
 
 
-def encoder_name_errors(config: dict[str, Any], source: str = "config") -> list[str]:
-    """Encoder names in ``features.encoders`` that are not registered (imports torch, so it is kept
-    out of :func:`config_errors`, which the workflow runs while parsing)."""
-    from pipeline.encoders import list_encoders
-
-    known = [spec.name for spec in list_encoders()]
-    features = config.get("features")
-    encoders = features.get("encoders") if isinstance(features, dict) else None
-    return [
-        f"{source}: 'features.encoders' has {name!r}: expected one of {', '.join(known)}"
-        for name in (encoders if isinstance(encoders, list) else [])
-        if name not in known
-    ]
-
-
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Validate (filling defaults) and return ``config``; raise one :class:`ConfigError` listing problems."""
     problems = config_errors(config, source)

@@ -20,8 +20,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path, help="YAML config file, e.g. config.yaml")
 
 
+def encoder_name_errors(config: dict, source: str) -> list[str]:
+    """Encoder names in ``features.encoders`` that are not registered. Kept out of
+    :func:`pipeline.config.config_errors` because the registry imports torch, and the workflow and
+    the tiling stage validate configs without it."""
+    from pipeline.encoders import list_encoders
+
+    known = [spec.name for spec in list_encoders()]
+    features = config.get("features")
+    encoders = features.get("encoders") if isinstance(features, dict) else None
+    return [
+        f"{source}: 'features.encoders' has {name!r}: expected one of {', '.join(known)}"
+        for name in (encoders if isinstance(encoders, list) else [])
+        if name not in known
+    ]
+
+
 def run(args) -> int:
-    from pipeline.config import config_errors, encoder_name_errors
+    from pipeline.config import config_errors
 
     path: Path = args.config
     if not path.exists():
