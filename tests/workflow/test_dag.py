@@ -108,6 +108,18 @@ def test_duplicate_slide_ids_are_an_error_naming_both_files(tmp_path, snakemake,
     assert "demo/data/slides/case001_a.svs and demo/data/slides/batch2/case001_a.ndpi" in text
 
 
+def test_slide_name_with_braces_is_rejected_at_startup_naming_the_file(tmp_path, snakemake):
+    fake_cohort(tmp_path, n_slides=2, missing=0)
+    (tmp_path / "demo" / "data" / "slides" / "b{1}.svs").touch()
+    proc = snakemake(
+        tmp_path, "-n", "--configfile", str(REPO / "workflow" / "demo.yaml"), check=False
+    )
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "cannot use in output paths: demo/data/slides/b{1}.svs. Rename them" in text
+    assert "WildcardError" not in text and "Traceback" not in text
+
+
 def test_discovery_recurses_skips_other_files_groups_dicom_and_reads_slide_sheet(
     tmp_path, snakemake, job_counts
 ):

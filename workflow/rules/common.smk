@@ -63,6 +63,16 @@ def discover_slides(slides_dir, extensions):
                 found.setdefault(normalise_id(Path(name).stem), []).append(
                     os.path.join(root, name)
                 )
+    # Snakemake reads braces in a path as a wildcard, so such an id cannot name its outputs
+    unusable = [
+        p for sid, paths in found.items() if "{" in sid or "}" in sid for p in paths
+    ]
+    if unusable:
+        raise WorkflowError(
+            f"slide file name(s) with '{{' or '}}', which Snakemake cannot use in output paths: "
+            + ", ".join(unusable)
+            + ". Rename them without braces (e.g. b{1}.svs -> b_1.svs)."
+        )
     clashes = [
         f"'{sid}': {' and '.join(paths)}"
         for sid, paths in found.items()
