@@ -108,6 +108,15 @@ def test_duplicate_slide_ids_are_an_error_naming_both_files(tmp_path, snakemake,
     assert "demo/data/slides/case001_a.svs and demo/data/slides/batch2/case001_a.ndpi" in text
 
 
+def test_symlink_loop_in_slides_folder_is_walked_once(tmp_path, snakemake, job_counts):
+    ids = fake_cohort(tmp_path, n_slides=3, missing=0)
+    slides = tmp_path / "demo" / "data" / "slides"
+    (slides / "loop").symlink_to(slides, target_is_directory=True)
+    proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "workflow" / "demo.yaml"))
+    assert job_counts(proc.stdout)["tile"] == len(ids)
+    assert "same id" not in proc.stdout + proc.stderr
+
+
 def test_slide_name_with_braces_is_rejected_at_startup_naming_the_file(tmp_path, snakemake):
     fake_cohort(tmp_path, n_slides=2, missing=0)
     (tmp_path / "demo" / "data" / "slides" / "b{1}.svs").touch()

@@ -38,7 +38,8 @@ def discover_slides(slides_dir, extensions):
     """Map slide id (file stem) -> path for every slide below ``slides_dir``.
 
     Searched recursively (GDC downloads put each slide in its own folder); hidden entries are
-    skipped. A folder of DICOM files is one slide named after the folder. Ids are in Unicode NFC, as
+    skipped; symlinked folders are followed, each real folder once. A folder of DICOM files is one
+    slide named after the folder. Ids are in Unicode NFC, as
     the tables' ids are (pipeline/tables.py). Two files with the same stem would overwrite each
     other's outputs, so they are an error naming both.
     """
@@ -49,7 +50,14 @@ def discover_slides(slides_dir, extensions):
         )
     wanted = {e.lower() for e in extensions}
     found = {}
+    visited = (
+        set()
+    )  # real folders walked, so a symlink loop or a second link is read once
     for root, dirs, files in os.walk(slides_dir, followlinks=True):
+        if os.path.realpath(root) in visited:
+            dirs[:] = []
+            continue
+        visited.add(os.path.realpath(root))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files = sorted(f for f in files if not f.startswith("."))
         if ".dcm" in wanted and any(f.lower().endswith(".dcm") for f in files):
