@@ -22,7 +22,7 @@ $(DEMO)/data/labels.csv: | $(STAMP)
 
 demo: $(STAMP) $(DEMO)/data/labels.csv
 	$(BIN)/snakemake --cores $(CORES) --configfile workflow/demo.yaml --rerun-incomplete \
-		--set-threads train=1 train_with_teacher=1
+		--set-threads train=1
 	@echo "Report: $(DEMO)/results/report/index.html"
 
 lint: $(STAMP)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -22,7 +22,7 @@ DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
 
 def load_schema() -> dict[str, Any]:
     if not SCHEMA_PATH.exists():
-        raise PipelineError(
+        raise ConfigError(
             SCHEMA_PATH, "config schema not found", "Run wsi-mil from a checkout of the repository."
         )
     return yaml.safe_load(SCHEMA_PATH.read_text())
@@ -86,14 +86,55 @@ def config_errors(config: dict[str, Any], source: str = "config") -> list[str]:
     names = [t.get("name") for t in config.get("tasks", []) if isinstance(t, dict)]
     dupes = sorted({n for n in names if names.count(n) > 1})
     lines += [f"{source}: task name '{n}' is used twice; task names must be unique" for n in dupes]
+    return lines + _cross_field_errors(config, source)
+
+
+def _cross_field_errors(config: dict[str, Any], source: str) -> list[str]:
+    """What the schema cannot say: keys that must agree with each other or with the method table."""
+    from pipeline.methods import METHODS
+
+    lines = []
+    tiling = config.get("tiling")
+    if isinstance(tiling, dict):
+        overlap, size = tiling.get("overlap"), tiling.get("patch_size")
+        if isinstance(overlap, int) and isinstance(size, int) and overlap >= size:
+            lines.append(
+                f"{source}: 'tiling.overlap' = {overlap}: expected a value < tiling.patch_size "
+                f"({size}); neighbouring patches cannot share a whole patch"
+            )
+    features = config.get("features")
+    if isinstance(features, dict):
+        encoders = features.get("encoders") or []
+        weights = features.get("weights") or {}
+        if isinstance(encoders, list) and isinstance(weights, dict):
+            lines += [
+                f"{source}: 'features.weights.{key}': not one of features.encoders "
+                f"({', '.join(map(str, encoders))}); the weights would never be used"
+                for key in weights
+                if key not in encoders
+            ]
+    mil = config.get("mil")
+    methods = mil.get("methods") if isinstance(mil, dict) else None
+    if isinstance(methods, list):
+        lines += [
+            f"{source}: 'mil.methods' has {name!r}: expected one of {', '.join(METHODS)}"
+            for name in methods
+            if name not in METHODS
+        ]
     return lines
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Validate (filling defaults) and return ``config``; raise one :class:`PipelineError` listing problems."""
+    """Validate (filling defaults) and return ``config``; raise one :class:`ConfigError` listing problems."""
     problems = config_errors(config, source)
+    if len(problems) == 1:  # the usual case: one line, as every other error
+        raise ConfigError(
+            source,
+            "invalid configuration: " + problems[0].removeprefix(f"{source}: "),
+            "Fix this key (config.yaml documents each one).",
+        )
     if problems:
-        raise PipelineError(
+        raise ConfigError(
             source,
             "invalid configuration:\n  " + "\n  ".join(problems),
             "Fix the keys above (config.yaml documents each one).",
@@ -105,13 +146,13 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
     """Read a YAML config (the repository's ``config.yaml`` by default), validated, defaults filled."""
     p = Path(path) if path else DEFAULT_CONFIG
     if not p.exists():
-        raise PipelineError(p, "config file not found", "Pass an existing YAML file with --config.")
+        raise ConfigError(p, "config file not found", "Pass an existing YAML file with --config.")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
-        raise PipelineError(p, f"not valid YAML ({err})", "Fix the syntax.") from err
+        raise ConfigError(p, f"not valid YAML ({err})", "Fix the syntax.") from err
     if not isinstance(data, dict):
-        raise PipelineError(p, "config must be a mapping of keys to values", "See config.yaml.")
+        raise ConfigError(p, "config must be a mapping of keys to values", "See config.yaml.")
     return validate_config(data, source=str(p))
 
 

@@ -3,7 +3,8 @@
 OpenSlide is tried first (widest vendor support: Aperio, Hamamatsu, MIRAX, DICOM, ...); tiffslide is the
 fallback for plain TIFFs OpenSlide refuses, or can be forced. Magnification is always derived from the
 pixel size (MPP, µm/px), never from the pyramid level index, because vendors disagree on level layout.
-Every failure becomes a :class:`PipelineError` naming the slide and what to do.
+Every failure becomes a :class:`SlideReadError` naming the slide and what to do (a bad ``reader``
+setting is a :class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, SlideReadError
 
 Reader = Literal["auto", "openslide", "tiffslide"]
 
@@ -75,7 +76,7 @@ class Slide:
                 (int(x), int(y)), int(level), (int(size[0]), int(size[1]))
             )
         except Exception as err:
-            raise PipelineError(
+            raise SlideReadError(
                 self.path,
                 f"cannot read pixels at ({x}, {y}) level {level} with {self.reader} ({_short(err)})",
                 "The file is probably truncated or damaged; re-copy it from the scanner.",
@@ -104,16 +105,18 @@ def open_slide(path: str | os.PathLike, reader: Reader = "auto") -> Slide:
     """Open ``path`` with OpenSlide, falling back to tiffslide (or with the one ``reader`` names)."""
     p = Path(path)
     if not p.exists():
-        raise PipelineError(p, "slide file does not exist", "Check the path and the slides folder.")
+        raise SlideReadError(
+            p, "slide file does not exist", "Check the path and the slides folder."
+        )
     if p.is_file() and p.stat().st_size == 0:
-        raise PipelineError(p, "slide file is empty (0 bytes)", "Re-copy the slide.")
+        raise SlideReadError(p, "slide file is empty (0 bytes)", "Re-copy the slide.")
     order = {
         "auto": ("openslide", "tiffslide"),
         "openslide": ("openslide",),
         "tiffslide": ("tiffslide",),
     }
     if reader not in order:
-        raise PipelineError(
+        raise ConfigError(
             p, f"unknown slide reader '{reader}'", "Use auto, openslide or tiffslide."
         )
     failures = []
@@ -122,7 +125,7 @@ def open_slide(path: str | os.PathLike, reader: Reader = "auto") -> Slide:
             return _OPENERS[name](p)
         except Exception as err:  # each library raises its own types; we report them all together
             failures.append(f"{name}: {_short(err)}")
-    raise PipelineError(
+    raise SlideReadError(
         p,
         "not a readable whole-slide image (" + "; ".join(failures) + ")",
         "Check that the file is a complete slide in a supported format; re-copy it if it was truncated.",
@@ -179,7 +182,7 @@ def resolve_mpp(
         if (value := _as_float(slide.properties.get(key))) is not None
     ]
     found = f" (ignored implausible {', '.join(implausible)} µm/px)" if implausible else ""
-    raise PipelineError(
+    raise SlideReadError(
         slide.path,
         f"no usable pixel size (MPP) in the slide metadata{found}",
         "Pass --mpp (e.g. --mpp 0.25 for 40x, 0.5 for 20x), add the slide to the slide sheet "
@@ -189,7 +192,9 @@ def resolve_mpp(
 
 def _check_plausible(slide: Slide, mpp: float, what: str) -> None:
     if not (PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]):
-        raise PipelineError(
+        # a per-slide override is this slide's problem; the config default is every slide's
+        kind = ConfigError if what == "slides.default_mpp" else SlideReadError
+        raise kind(
             slide.path,
             f"{what} gives {mpp} µm/px, outside the plausible {PLAUSIBLE_MPP[0]}-{PLAUSIBLE_MPP[1]} µm/px",
             "Give the pixel size in micrometres per pixel (0.25 for 40x, 0.5 for 20x).",

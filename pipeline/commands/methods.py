@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import textwrap
 
-    from pipeline.mil.models import list_methods
+    from pipeline.methods import list_methods
 
     methods = list_methods()
     if args.names:

@@ -4,8 +4,9 @@ The store holds ``coords`` (int32 [N, 2], level-0 top-left x, y on one global gr
 attributes the feature stage needs to read the same patches (slide MPP, target MPP, patch size, level-0
 patch size, read level and size) plus the segmentation settings and the tissue area. Outputs are
 published atomically: on failure nothing is left behind. With ``--record-failure`` (used by the workflow so
-one bad slide does not block a cohort) a slide that cannot be read yields an empty store marked
-``failed`` and a QC picture stating why, and the command exits 0.
+one bad slide does not block a cohort) a slide that cannot be read (:class:`SlideReadError`) yields an
+empty store marked ``failed`` and a QC picture stating why, and the command exits 0; a configuration
+error (e.g. ``tiling.overlap`` not below ``tiling.patch_size``) stops with its one line instead.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from pipeline.config import load_config, section
-    from pipeline.errors import PipelineError
+    from pipeline.errors import SlideReadError
     from pipeline.log import get_logger
     from pipeline.slides import open_slide, resolve_mpp
     from pipeline.tiling import publish_failure, run_tiling
@@ -55,7 +56,7 @@ def run(args) -> int:
         with open_slide(args.slide, reader) as slide:
             mpp, source = resolve_mpp(slide, override=args.mpp, default=slides["default_mpp"])
             run_tiling(slide, mpp, source, tiling, slides["mpp_tolerance"], args.output, args.qc)
-    except PipelineError as err:
+    except SlideReadError as err:  # settings errors (ConfigError) stop the run, never recorded
         if not args.record_failure:
             raise
         print(err.line(), file=sys.stderr)

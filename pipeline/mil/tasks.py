@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from pipeline import tables
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil import metrics as M
@@ -39,28 +40,18 @@ TASK_TYPES = ("classification", "survival")
 
 # --- tables -------------------------------------------------------------------------------------------
 def read_table(path: str | os.PathLike, required: Sequence[str], what: str) -> pd.DataFrame:
-    """Read a CSV with string ids; one clear error when it is absent or lacks a column."""
-    p = Path(path)
-    if not p.exists():
-        raise PipelineError(p, f"{what} table not found", "Pass an existing CSV file.")
-    df = pd.read_csv(p, dtype={"slide_id": str, "case_id": str}, skipinitialspace=True)
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise PipelineError(
-            p,
-            f"{what} table lacks column(s) {', '.join(missing)} (has: {', '.join(df.columns)})",
-            f"Expected columns {', '.join(required)}.",
-        )
-    for col in ("slide_id", "case_id"):
+    """Read a CSV with string ids, normalised as the workflow reads it (:mod:`pipeline.tables`:
+    BOM, CRLF, spaces around headers and values, NFC); one clear error when absent or lacking a column."""
+    df = tables.read_table(path, required, f"{what} table").frame()
+    for col in tables.ID_COLUMNS:
         if col in df.columns:
-            df[col] = df[col].astype(str).str.strip()
+            df[col] = df[col].astype(str)
     return df
 
 
 def detect_task_type(path: str | os.PathLike) -> str:
     """``survival`` when the table has ``time`` and ``event`` columns, else ``classification``."""
-    cols = set(pd.read_csv(path, nrows=0).columns.str.strip()) if Path(path).exists() else set()
+    cols = set(tables.read_table(path).columns) if Path(path).exists() else set()
     return "survival" if {"time", "event"} <= cols else "classification"
 
 

@@ -1,14 +1,16 @@
-"""Assemble the report page from a results folder: collect outputs, draw figures, write the HTML."""
+"""Assemble the report page of one run: collect its outputs, draw figures, write the HTML."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
 import pipeline
+from pipeline.layout import Layout
 from pipeline.log import get_logger
 from pipeline.report import collect, html, plots
 from pipeline.store import write_text
@@ -18,13 +20,8 @@ log = get_logger("report")
 
 def _figures(results: Path, row: pd.Series) -> list[html.Figure]:
     """KM curves per fold for survival models, ROC curves per fold for binary classifiers."""
-    summary_json = (
-        results
-        / "mil"
-        / str(row["task"])
-        / str(row["encoder"])
-        / str(row["method"])
-        / "summary.json"
+    summary_json = Path(
+        Layout(str(results)).summary_json(str(row["task"]), str(row["encoder"]), str(row["method"]))
     )
     if not summary_json.is_file():
         log.warning("%s is missing; no curves for %s", summary_json, row["method"])
@@ -77,8 +74,12 @@ def slide_table(slides: list[collect.SlideRow]) -> pd.DataFrame:
 
 
 def build_report(
-    results: str | os.PathLike, summary_csv: str | os.PathLike, out: str | os.PathLike
+    results: str | os.PathLike,
+    summary_csv: str | os.PathLike,
+    out: str | os.PathLike,
+    run: collect.RunInputs,
 ) -> Path:
+    """Write the page (and slides.csv beside it) for the slides, encoders and models of ``run``."""
     results, out = Path(results), Path(out)
     models = collect.model_results(summary_csv)
     sections = []
@@ -88,7 +89,7 @@ def build_report(
         for _, row in part.iterrows():
             section.figures += _figures(results, row)
         sections.append(section)
-    slides = collect.slides(results)
+    slides = collect.slides(results, run)
     thumbs, links = {}, {}
     for s in slides:
         if s.qc_png is not None:
@@ -96,7 +97,8 @@ def build_report(
                 thumbs[s.slide] = plots.thumbnail(s.qc_png)
             except Exception as err:  # a broken picture is shown as missing, not fatal
                 log.warning("QC picture %s unreadable (%s)", s.qc_png, err)
-            links[s.slide] = os.path.relpath(s.qc_png, out.parent)
+            # a URL: '#', '?', '&', '%' or spaces in a slide id must not end or change the link
+            links[s.slide] = quote(Path(os.path.relpath(s.qc_png, out.parent)).as_posix())
     failed = [s.slide for s in slides if s.failed]
     if failed:
         log.warning("%d failed slide(s) listed in the report: %s", len(failed), ", ".join(failed))
@@ -108,7 +110,7 @@ def build_report(
         ),
         slides=slides,
         sections=sections,
-        times=collect.stage_times(results),
+        times=collect.stage_times(results, run.benchmarks),
         thumbs=thumbs,
         qc_links=links,
         config_text=collect.effective_config(results),

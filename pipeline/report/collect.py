@@ -1,8 +1,10 @@
-"""Gather the workflow's outputs for the report: slides, feature stores, model results, run times.
+"""Gather the outputs of one run for the report: slides, feature stores, model results, run times.
 
-Paths follow the data contract (DESIGN §3): ``tiles/{slide}.zarr``, ``qc/{slide}.png``,
-``features/{encoder}/{slide}.zarr``, ``mil/{task}/{encoder}/{method}/fold{k}/``, and Snakemake's
-``benchmarks/{stage}/...tsv``. Everything is read, nothing is recomputed.
+The report shows the run it is given (:class:`RunInputs`: its slide ids, encoders and benchmark
+files, from the workflow's ``run.json`` or the command line) and never lists the results folder, so
+slides or models left over from an earlier run cannot appear. Paths come from
+:class:`pipeline.layout.Layout` (docs/architecture.md, "Data contracts"). Everything is read, nothing
+is recomputed.
 """
 
 from __future__ import annotations
@@ -15,10 +17,37 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.errors import PipelineError
+from pipeline.layout import FOLD_FILES, Layout, fold_name
 from pipeline.log import get_logger
 from pipeline.store import read_attrs
 
 log = get_logger("report")
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What one run is made of: the report shows exactly these slides, encoders and benchmarks."""
+
+    slides: list[str]
+    encoders: list[str]
+    benchmarks: list[str] | None = None  # None: no run-time table
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> RunInputs:
+        """The ``run.json`` the workflow writes (``{"slides": [...], "encoders": [...], ...}``)."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+            return cls(list(data["slides"]), list(data["encoders"]), data.get("benchmarks"))
+        except FileNotFoundError:
+            raise PipelineError(
+                p,
+                "run manifest not found",
+                "Run the workflow (it writes it), or pass --slides (and --encoders).",
+            ) from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise PipelineError(p, f"not a run manifest ({err})", "Re-run the workflow.") from None
 
 
 @dataclass
@@ -58,21 +87,18 @@ def _feature_shape(store: Path) -> tuple[str, str]:
         return f"unreadable ({type(err).__name__})", ""
 
 
-def slides(results: str | os.PathLike) -> list[SlideRow]:
-    """One row per tile store, with its QC picture and the shape of each encoder's features."""
-    root = Path(results)
+def slides(results: str | os.PathLike, run: RunInputs) -> list[SlideRow]:
+    """One row per slide of the run, with its QC picture and the shape of each encoder's features."""
+    out = Layout(str(results))
     rows = []
-    encoders = sorted(p.name for p in (root / "features").glob("*") if p.is_dir())
-    for store in sorted((root / "tiles").glob("*.zarr")):
-        if store.name.startswith("."):
-            continue
-        sid = store.name[: -len(".zarr")]
+    for sid in run.slides:
+        store = Path(out.tiles(sid))
         try:
             attrs = read_attrs(store)
         except Exception as err:
             rows.append(SlideRow(sid, True, f"tile store unreadable: {err}"))
             continue
-        qc = root / "qc" / f"{sid}.png"
+        qc = Path(out.qc(sid))
         row = SlideRow(
             slide=sid,
             failed=bool(attrs.get("failed")),
@@ -84,8 +110,8 @@ def slides(results: str | os.PathLike) -> list[SlideRow]:
             read_level=attrs.get("read_level"),
             qc_png=qc if qc.is_file() else None,
         )
-        for enc in encoders:
-            fstore = root / "features" / enc / f"{sid}.zarr"
+        for enc in run.encoders:
+            fstore = Path(out.features(enc, sid))
             if not fstore.exists():
                 row.features[enc] = "missing"
                 continue
@@ -96,23 +122,29 @@ def slides(results: str | os.PathLike) -> list[SlideRow]:
     return rows
 
 
-def stage_times(results: str | os.PathLike) -> pd.DataFrame:
-    """Per stage (rule): jobs, total/mean/max wall seconds and peak RSS from Snakemake's benchmarks."""
-    root = Path(results) / "benchmarks"
+def stage_times(results: str | os.PathLike, files: list[str] | None) -> pd.DataFrame:
+    """Per stage (rule): jobs, total/mean/max wall seconds and peak RSS from the run's benchmarks.
+
+    ``files`` are the run's benchmark TSVs (``run.json``), relative to ``results`` (as
+    ``benchmarks/{stage}/...tsv``) or absolute; missing ones (a job that has not run) are skipped.
+    """
     records = []
-    for tsv in sorted(root.rglob("*.tsv")):
+    for tsv in [Path(results) / f for f in files or []]:
+        if not tsv.is_file() or "benchmarks" not in tsv.parts:
+            continue
         try:
             df = pd.read_csv(tsv, sep="\t")
         except Exception:  # a benchmark being written while we read: skip it
             continue
         if df.empty or "s" not in df.columns:
             continue
-        stage = tsv.relative_to(root).parts[0]
+        parts = tsv.parts[len(tsv.parts) - tsv.parts[::-1].index("benchmarks") :]
+        stage = parts[0]
         rss = pd.to_numeric(df.get("max_rss", pd.Series([float("nan")])), errors="coerce")
         records.append(
             {
                 "stage": stage,
-                "job": str(tsv.relative_to(root / stage).with_suffix("")),
+                "job": str(Path(*parts[1:]).with_suffix("")),
                 "seconds": float(pd.to_numeric(df["s"], errors="coerce").mean()),
                 "max_rss_mb": float(rss.max()),
             }
@@ -143,7 +175,6 @@ def stage_times(results: str | os.PathLike) -> pd.DataFrame:
         "extract",
         "splits",
         "train",
-        "train_with_teacher",
         "evaluate",
         "summary",
         "report",
@@ -164,10 +195,10 @@ def fold_predictions(summary_json: str | os.PathLike) -> list[tuple[int, pd.Data
     base = Path(summary_json).parent
     out = []
     for fold in summary.get("folds", []):
-        fdir = base / f"fold{fold}"
-        pred, metrics = fdir / "predictions.csv", fdir / "metrics.json"
+        fdir = base / fold_name(fold)
+        pred, metrics = fdir / FOLD_FILES["predictions"], fdir / FOLD_FILES["metrics"]
         if not pred.is_file():
-            log.warning("%s has no predictions.csv; its curves are left out", fdir)
+            log.warning("%s has no %s; its curves are left out", fdir, pred.name)
             continue
         metrics_data: dict[str, Any] = json.loads(metrics.read_text()) if metrics.is_file() else {}
         out.append((int(fold), pd.read_csv(pred), metrics_data))
@@ -176,5 +207,5 @@ def fold_predictions(summary_json: str | os.PathLike) -> list[tuple[int, pd.Data
 
 def effective_config(results: str | os.PathLike) -> str:
     """The config the workflow ran with (written by the Snakefile), or '' when absent."""
-    path = Path(results) / "config.effective.yaml"
+    path = Path(Layout(str(results)).effective_config)
     return path.read_text() if path.is_file() else ""

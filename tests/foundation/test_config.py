@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pipeline.config import DEFAULT_CONFIG, config_errors, load_config, section
+from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,3 +110,68 @@ def test_check_config_on_invalid_yaml(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.startswith(f"ERROR {bad}: not valid YAML")
+
+
+def _check_config(tmp_path, cfg: dict) -> subprocess.CompletedProcess:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_overlap_not_below_patch_size_is_rejected_at_validation(tmp_path):
+    for overlap in (256, 300):
+        problems = config_errors(broken(["tiling", "overlap"], overlap), source="cfg.yaml")
+        assert problems == [
+            f"cfg.yaml: 'tiling.overlap' = {overlap}: expected a value < tiling.patch_size (256); "
+            "neighbouring patches cannot share a whole patch"
+        ]
+    assert config_errors(broken(["tiling", "overlap"], 255)) == []
+    # commands stop with one line before reading any slide
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(broken(["tiling", "overlap"], 256)))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "\n" not in info.value.line()
+    assert info.value.line().startswith(f"ERROR {path}: invalid configuration: 'tiling.overlap'")
+
+
+def test_check_config_rejects_misspelt_weights_key_and_unknown_names(tmp_path):
+    cfg = shipped()
+    cfg["features"]["encoders"] = ["efficientnet_lite0"]
+    cfg["features"]["weights"] = {"efficientnet-lite0": "/w/lite0.pth"}
+    result = _check_config(tmp_path, cfg)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"ERROR {tmp_path / 'cfg.yaml'}: 'features.weights.efficientnet-lite0': not one of "
+        "features.encoders (efficientnet_lite0); the weights would never be used"
+    ]
+    cfg["features"]["weights"] = {}
+    cfg["features"]["encoders"] = ["efficientnet_lite0;touch X;true"]
+    cfg["mil"]["methods"] = ["abmil", "ab-mil"]
+    lines = _check_config(tmp_path, cfg).stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert "'mil.methods' has 'ab-mil': expected one of abmil, abmil_gated" in lines[0]
+    assert "'features.encoders' has 'efficientnet_lite0;touch X;true': expected one of" in lines[1]
+    assert "efficientnet_lite0" in lines[1].rsplit("expected one of", 1)[1]
+
+
+def test_configuration_error_is_not_recorded_as_a_failed_slide(tmp_path, capsys):
+    """A slide without MPP metadata and an implausible slides.default_mpp: the settings are wrong
+    for every slide, so `tile --record-failure` stops with one line instead of marking it failed."""
+    from pipeline.cli import main
+
+    slide = ROOT / "tests" / "data" / "slides" / "kidney-48-5.tif"  # no MPP in its metadata
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(broken(["slides", "default_mpp"], 50.0)))
+    out = tmp_path / "k.zarr"
+    code = main(["tile", str(slide), "-o", str(out), "--config", str(cfg), "--record-failure"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
+    assert code == 1 and not out.exists() and list(tmp_path.iterdir()) == [cfg]
+    assert errors == [
+        f"ERROR {slide}: slides.default_mpp gives 50.0 µm/px, outside the plausible 0.1-2.0 µm/px. "
+        "Give the pixel size in micrometres per pixel (0.25 for 40x, 0.5 for 20x)."
+    ]

@@ -35,7 +35,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 # tiny bags train no faster on 2 threads: run two training jobs side by side instead
-FAST = ("--set-threads", "train=1", "train_with_teacher=1")
+FAST = ("--set-threads", "train=1")
 
 
 def snakemake_env(slurm: bool = False) -> dict[str, str]:

@@ -52,12 +52,10 @@ def test_full_dag_of_demo_config_has_one_job_per_slide_encoder_fold_method(
     encoders = len(DEMO["features"]["encoders"])
     folds = DEMO["mil"]["folds"]
     methods = DEMO["mil"]["methods"]
-    students = [m for m in methods if m.startswith("mhim_")]
     assert counts["tile"] == len(ids)
     assert counts["extract"] == len(ids) * encoders
     assert counts["splits"] == tasks
-    assert counts["train"] == tasks * encoders * (len(methods) - len(students)) * folds
-    assert counts["train_with_teacher"] == tasks * encoders * len(students) * folds
+    assert counts["train"] == tasks * encoders * len(methods) * folds  # baselines and MHIM alike
     assert counts["evaluate"] == tasks * encoders * len(methods)
     assert counts["summary"] == counts["report"] == counts["all"] == 1
     # the slide listed in the labels but absent on disk: one clear line per task, and left out
@@ -85,9 +83,8 @@ def test_dag_expands_encoders_and_methods_and_trains_missing_baselines(
     proc = snakemake(tmp_path, "-n", "--configfile", str(cfg), "-p")
     counts = job_counts(proc.stdout)
     assert counts["extract"] == 5 * 2
-    # msm, plus transmil and abmil trained as teachers of the MHIM methods
-    assert counts["train"] == 2 * 3 * 3
-    assert counts["train_with_teacher"] == 2 * 2 * 3
+    # msm, plus transmil and abmil trained as teachers of the MHIM methods, and the 2 MHIM methods
+    assert counts["train"] == 2 * 5 * 3
     assert counts["evaluate"] == 2 * 5
     # each MHIM fold starts from the checkpoint of its own baseline's same fold
     teachers = re.findall(r"--method (mhim_\w+) .*?--teacher-init (\S+)", proc.stdout)
@@ -109,6 +106,27 @@ def test_duplicate_slide_ids_are_an_error_naming_both_files(tmp_path, snakemake,
     text = proc.stdout + proc.stderr
     assert "two slides have the same id" in text
     assert "demo/data/slides/case001_a.svs and demo/data/slides/batch2/case001_a.ndpi" in text
+
+
+def test_symlink_loop_in_slides_folder_is_walked_once(tmp_path, snakemake, job_counts):
+    ids = fake_cohort(tmp_path, n_slides=3, missing=0)
+    slides = tmp_path / "demo" / "data" / "slides"
+    (slides / "loop").symlink_to(slides, target_is_directory=True)
+    proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "workflow" / "demo.yaml"))
+    assert job_counts(proc.stdout)["tile"] == len(ids)
+    assert "same id" not in proc.stdout + proc.stderr
+
+
+def test_slide_name_with_braces_is_rejected_at_startup_naming_the_file(tmp_path, snakemake):
+    fake_cohort(tmp_path, n_slides=2, missing=0)
+    (tmp_path / "demo" / "data" / "slides" / "b{1}.svs").touch()
+    proc = snakemake(
+        tmp_path, "-n", "--configfile", str(REPO / "workflow" / "demo.yaml"), check=False
+    )
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "cannot use in output paths: demo/data/slides/b{1}.svs. Rename them" in text
+    assert "WildcardError" not in text and "Traceback" not in text
 
 
 def test_discovery_recurses_skips_other_files_groups_dicom_and_reads_slide_sheet(
@@ -165,18 +183,40 @@ def test_invalid_config_is_one_clear_line_per_problem(tmp_path, snakemake, job_c
     assert "unknown key 'tiling.colour'" in text
 
 
-def test_workflow_method_table_matches_the_model_registry():
-    """common.smk keeps the method names and teachers without importing torch; they must agree."""
-    from pipeline.mil.models import list_methods, method_info
+def test_unknown_method_is_one_line_listing_the_registered_ones(tmp_path, snakemake):
+    """The workflow checks method names against pipeline.methods, the table the models use."""
+    from pipeline.methods import METHODS
 
-    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    plain = yaml.safe_load(re.search(r"PLAIN_METHODS = (\[.*?\])", text).group(1))
-    teacher_block = re.search(r"TEACHER_OF = \{(.*?)\}", text, re.S).group(1)
-    teachers = dict(re.findall(r'"(\w+)": "(\w+)"', teacher_block))
-    registry = {m if isinstance(m, str) else m["name"] for m in list_methods()}
-    assert set(plain) | set(teachers) == registry
-    for name in registry:
-        assert teachers.get(name) == method_info(name)["baseline"], name
+    fake_cohort(tmp_path, n_slides=2, missing=0)
+    proc = snakemake(
+        tmp_path,
+        "-n",
+        "--configfile",
+        str(REPO / "workflow" / "demo.yaml"),
+        "--config",
+        "mil={'methods': ['abmil', 'mhim_ab']}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert f"'mil.methods' has 'mhim_ab': expected one of {', '.join(METHODS)}" in text
+
+
+def test_teacher_checkpoint_files_are_declared_inputs_of_the_mhim_job(tmp_path, snakemake):
+    """The MHIM job reads the baseline's model.pt and model.json; both are declared inputs."""
+    fake_cohort(tmp_path, n_slides=3, missing=0)
+    config = {**DEMO, "tasks": DEMO["tasks"][:1], "mil": {"methods": ["mhim_dsmil"], "folds": 2}}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "-n", "--configfile", str(cfg))
+    jobs = proc.stdout.split("rule train:")[1:]
+    (job,) = [j for j in jobs if "/mhim_dsmil/fold1/metrics.json" in j.split("log:")[0]]
+    inputs = job.split("input:")[1].split("\n")[0].split(", ")
+    task = DEMO["tasks"][0]["name"]
+    teacher = f"demo/results/mil/{task}/{DEMO['features']['encoders'][0]}/dsmil/fold1"
+    assert f"{teacher}/model.pt" in inputs and f"{teacher}/model.json" in inputs
+    assert f"demo/results/splits/{task}.csv" in inputs
+    assert f"demo/results/features/{DEMO['features']['encoders'][0]}/case002_a.zarr" in inputs
 
 
 @pytest.mark.parametrize("rule_file", sorted((REPO / "workflow" / "rules").glob("*.smk")))
@@ -188,9 +228,6 @@ def test_every_rule_has_log_benchmark_conda_resources(rule_file):
             assert f"    {directive}" in body, f"rule {name} lacks {directive}"
         assert "mem_mb=" in body and "runtime=" in body, name
         shell = body.split("    shell:")[1]
-        constant = re.fullmatch(r"\s*(\w+)\s*", shell)
-        if constant:  # a command shared by two rules, defined once in the file
-            shell = text.split(f"{constant.group(1)} = ")[1]
         assert re.match(r'\s*\(?\s*"wsi-mil \w', shell), f"rule {name} does not call wsi-mil"
 
 

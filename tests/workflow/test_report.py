@@ -126,7 +126,24 @@ def results(tmp_path_factory) -> Path:
         rows.append(row)
     pd.DataFrame(rows).to_csv(root / "summary.csv", index=False)
     (root / "config.effective.yaml").write_text("results_dir: results\n")
+    # left over from an earlier run with another slide: must not appear in this run's report
+    write_store(
+        root / "tiles" / "stale.zarr",
+        {"coords": np.zeros((0, 2), np.int32)},
+        {"failed": True, "error": "ERROR stale.svs: old"},
+    )
+    _png(root / "qc" / "stale.png", (0, 0, 0))
+    _bench(root / "benchmarks" / "tile" / "stale.tsv", 99.0, 1.0)
+    benchmarks = [f"benchmarks/tile/{s}.tsv" for s in tiles]
+    benchmarks += [f"benchmarks/extract/{ENC}/{s}.tsv" for s in tiles]
+    (root / "run.json").write_text(
+        json.dumps({"slides": list(tiles), "encoders": [ENC], "benchmarks": benchmarks})
+    )
     return root
+
+
+def _run(results: Path) -> collect.RunInputs:
+    return collect.RunInputs.read(results / "run.json")
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +175,7 @@ def test_report_has_qc_thumbnails_km_and_roc(page):
 
 
 def test_report_stage_times_come_from_benchmarks(results, page):
-    times = collect.stage_times(results)
+    times = collect.stage_times(results, _run(results).benchmarks)
     tile = times.set_index("stage").loc["tile"]
     assert tile["jobs"] == 3 and tile["total_s"] == pytest.approx(2 + 3 + 4)
     assert tile["slowest"] == "s2" and tile["max_rss_mb"] == 100
@@ -168,7 +185,7 @@ def test_report_stage_times_come_from_benchmarks(results, page):
 
 
 def test_slide_rows_read_tile_and_feature_stores(results):
-    rows = {r.slide: r for r in collect.slides(results)}
+    rows = {r.slide: r for r in collect.slides(results, _run(results))}
     assert rows["s0"].status == "ok" and rows["s0"].features[ENC] == "10 × 1280"
     assert rows["s1"].status == "failed" and rows["s1"].features[ENC] == "failed"
     assert rows["s2"].status == "no tissue"
@@ -186,7 +203,7 @@ def test_slide_failing_only_in_extraction_is_listed_as_failed(tmp_path):
         {"features": np.zeros((0, 1280), np.float16), "coords": np.zeros((0, 2), np.int32)},
         {"failed": True, "error": error},
     )
-    (row,) = collect.slides(tmp_path)
+    (row,) = collect.slides(tmp_path, collect.RunInputs(["s3"], [ENC]))
     assert row.status == "failed" and row.features[ENC] == "failed"
     assert row.error == f"feature extraction ({ENC}): {error}"
 
@@ -208,3 +225,45 @@ def test_risk_groups_cut_at_training_median():
 def test_report_without_summary_is_one_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 1
     assert "summary table not found" in capsys.readouterr().err
+
+
+def test_report_shows_only_the_slides_of_the_current_run(results, page):
+    """A tile store, QC picture and benchmark of an earlier run's slide lie in the same folder."""
+    assert "stale" not in page
+    slides = pd.read_csv(results / "report" / "slides.csv")
+    assert list(slides["slide_id"]) == ["s0", "s1", "s2"]
+    assert (
+        collect.stage_times(results, _run(results).benchmarks)
+        .set_index("stage")
+        .loc["tile", "jobs"]
+        == 3
+    )
+
+
+def test_report_of_explicit_slides_links_qc_pictures_url_encoded(tmp_path):
+    odd = "a#1?x&y %z"
+    for sid in (odd, "plain"):
+        write_store(
+            tmp_path / "tiles" / f"{sid}.zarr",
+            {"coords": np.zeros((1, 2), np.int32)},
+            {"failed": False, "n_patches": 1},
+        )
+        _png(tmp_path / "qc" / f"{sid}.png", (10, 200, 10))
+    pd.DataFrame(columns=["task", "encoder", "method", "task_type"]).to_csv(
+        tmp_path / "summary.csv", index=False
+    )
+    assert main(["report", str(tmp_path), "--slides", odd]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert 'href="../qc/a%231%3Fx%26y%20%25z.png"' in page
+    assert "plain" not in page
+    assert list(pd.read_csv(tmp_path / "report" / "slides.csv")["slide_id"]) == [odd]
+
+
+def test_report_without_run_manifest_is_one_clear_error(tmp_path, capsys):
+    pd.DataFrame(columns=["task"]).to_csv(tmp_path / "summary.csv", index=False)
+    assert main(["report", str(tmp_path)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
+    assert err == [
+        f"ERROR {tmp_path / 'run.json'}: run manifest not found. Run the workflow (it writes it), "
+        "or pass --slides (and --encoders)."
+    ]

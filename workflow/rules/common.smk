@@ -3,7 +3,6 @@
 # Everything here runs when Snakemake parses the workflow (also inside each cluster job), so it only
 # reads small files (tables, the slide folder listing) and never imports torch.
 
-import csv
 import hashlib
 import json
 import os
@@ -18,21 +17,18 @@ from snakemake.logging import logger
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+from pipeline.errors import PipelineError
+from pipeline.layout import Layout, fold_name
+from pipeline.methods import METHODS as METHOD_TABLE
 from pipeline.store import write_text
+from pipeline.tables import normalise_id
+from pipeline.tables import read_table as read_csv_table
 
 WORKFLOW_ROOT = Path(workflow.basedir)
-RESULTS = os.path.normpath(config["results_dir"])
-EFFECTIVE_CONFIG = f"{RESULTS}/config.effective.yaml"
-
-# The MIL methods and the baseline whose fold checkpoint initialises each MHIM teacher; kept here
-# so that parsing the workflow (also once per cluster job) does not import torch.
-# tests/workflow/test_dag.py checks both against pipeline.mil.models.
-PLAIN_METHODS = ["abmil", "abmil_gated", "transmil", "dsmil", "msm"]
-TEACHER_OF = {
-    "mhim_abmil": "abmil",
-    "mhim_transmil": "transmil",
-    "mhim_dsmil": "dsmil",
-}
+# every path the rules write (pipeline/layout.py; docs/architecture.md, "Data contracts")
+OUT = Layout(config["results_dir"])
+RESULTS = OUT.root
+EFFECTIVE_CONFIG = OUT.effective_config
 
 
 # --- slides -------------------------------------------------------------------------------------
@@ -42,8 +38,10 @@ def discover_slides(slides_dir, extensions):
     """Map slide id (file stem) -> path for every slide below ``slides_dir``.
 
     Searched recursively (GDC downloads put each slide in its own folder); hidden entries are
-    skipped. A folder of DICOM files is one slide named after the folder. Two files with the same
-    stem would overwrite each other's outputs, so they are an error naming both.
+    skipped; symlinked folders are followed, each real folder once. A folder of DICOM files is one
+    slide named after the folder. Ids are in Unicode NFC, as
+    the tables' ids are (pipeline/tables.py). Two files with the same stem would overwrite each
+    other's outputs, so they are an error naming both.
     """
     if not os.path.isdir(slides_dir):
         raise WorkflowError(
@@ -52,16 +50,37 @@ def discover_slides(slides_dir, extensions):
         )
     wanted = {e.lower() for e in extensions}
     found = {}
+    visited = (
+        set()
+    )  # real folders walked, so a symlink loop or a second link is read once
     for root, dirs, files in os.walk(slides_dir, followlinks=True):
+        if os.path.realpath(root) in visited:
+            dirs[:] = []
+            continue
+        visited.add(os.path.realpath(root))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files = sorted(f for f in files if not f.startswith("."))
         if ".dcm" in wanted and any(f.lower().endswith(".dcm") for f in files):
             first = next(f for f in files if f.lower().endswith(".dcm"))
-            found.setdefault(Path(root).name, []).append(os.path.join(root, first))
+            found.setdefault(normalise_id(Path(root).name), []).append(
+                os.path.join(root, first)
+            )
         for name in files:
             suffix = Path(name).suffix.lower()
             if suffix in wanted and suffix != ".dcm":
-                found.setdefault(Path(name).stem, []).append(os.path.join(root, name))
+                found.setdefault(normalise_id(Path(name).stem), []).append(
+                    os.path.join(root, name)
+                )
+    # Snakemake reads braces in a path as a wildcard, so such an id cannot name its outputs
+    unusable = [
+        p for sid, paths in found.items() if "{" in sid or "}" in sid for p in paths
+    ]
+    if unusable:
+        raise WorkflowError(
+            f"slide file name(s) with '{{' or '}}', which Snakemake cannot use in output paths: "
+            + ", ".join(unusable)
+            + ". Rename them without braces (e.g. b{1}.svs -> b_1.svs)."
+        )
     clashes = [
         f"'{sid}': {' and '.join(paths)}"
         for sid, paths in found.items()
@@ -81,33 +100,20 @@ def discover_slides(slides_dir, extensions):
     return {sid: paths[0] for sid, paths in sorted(found.items())}
 
 
-def read_table(path, what):
-    """Rows of a CSV as dicts; a clear error when it is missing or lacks a column."""
-    if not os.path.isfile(path):
-        raise WorkflowError(
-            f"{what}: table '{path}' not found. Create it or fix the path in the config."
-        )
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def require_columns(rows, path, columns):
-    have = set(rows[0]) if rows else set()
-    missing = [c for c in columns if c not in have]
-    if missing:
-        raise WorkflowError(
-            f"table '{path}' has no column {', '.join(missing)} (it has: {', '.join(sorted(have)) or 'no rows'})."
-        )
+def read_table(path, what, columns):
+    """A user's table, read and normalised as the commands read it (pipeline/tables.py)."""
+    try:
+        return read_csv_table(path, columns, what)
+    except PipelineError as err:
+        raise WorkflowError(err.line())
 
 
 def read_slide_sheet(path):
     """Per-slide MPP overrides from the optional slide sheet (slide_id,mpp)."""
     if not path:
         return {}
-    rows = read_table(path, "slide_sheet")
-    require_columns(rows, path, ["slide_id", "mpp"])
     sheet = {}
-    for row in rows:
+    for row in read_table(path, "slide_sheet", ["slide_id", "mpp"]).rows:
         try:
             sheet[row["slide_id"]] = float(row["mpp"])
         except ValueError:
@@ -149,10 +155,11 @@ def task_slides_table(task):
 def task_slide_ids(task):
     """Slides the task trains on: those in its table that exist on disk (one warning per missing)."""
     path = task_slides_table(task)
-    rows = read_table(path, f"task '{task['name']}'")
-    require_columns(rows, path, ["slide_id", "case_id"])
-    read_table(task["table"], f"task '{task['name']}'")
-    listed = list(dict.fromkeys(row["slide_id"] for row in rows))
+    rows = read_table(
+        path, f"task '{task['name']}' table", ["slide_id", "case_id"]
+    ).rows
+    read_table(task["table"], f"task '{task['name']}' table", [])
+    listed = list(dict.fromkeys(row["slide_id"] for row in rows if row["slide_id"]))
     for sid in listed:
         if sid not in SLIDES:
             logger.warning(
@@ -176,25 +183,23 @@ TASK_SLIDES = {name: task_slide_ids(task) for name, task in TASKS.items()}
 ENCODERS = list(dict.fromkeys(config["features"]["encoders"]))
 METHODS = list(dict.fromkeys(config["mil"]["methods"]))
 FOLDS = list(range(config["mil"]["folds"]))
-_unknown = [m for m in METHODS if m not in PLAIN_METHODS and m not in TEACHER_OF]
+_unknown = [m for m in METHODS if m not in METHOD_TABLE]
 if _unknown:
     raise WorkflowError(
         f"mil.methods: unknown method(s) {', '.join(_unknown)}; known: "
-        f"{', '.join(PLAIN_METHODS + list(TEACHER_OF))} (see `wsi-mil methods`)."
+        f"{', '.join(METHOD_TABLE)} (see `wsi-mil methods`)."
     )
 
 
 def teacher_of(method):
     """The baseline whose fold checkpoint initialises this method's teacher (None if it has none)."""
-    return TEACHER_OF.get(method)
+    return METHOD_TABLE[method].baseline
 
 
 # Baselines needed as teachers are trained (and reported) even when not listed themselves.
 TRAINED_METHODS = list(
     dict.fromkeys([teacher_of(m) for m in METHODS if teacher_of(m)] + METHODS)
 )
-BASELINE_METHODS = [m for m in TRAINED_METHODS if not teacher_of(m)]
-STUDENT_METHODS = [m for m in TRAINED_METHODS if teacher_of(m)]
 
 
 def alternatives(values):
@@ -213,13 +218,18 @@ wildcard_constraints:
 # --- settings passed to the commands ------------------------------------------------------------
 
 
-def write_effective_config(cfg, path):
-    """The validated config with defaults filled, for the commands' --config (rewritten only when
-    it changes, so its mtime means something)."""
-    text = "# written by the workflow: the config it runs with, defaults filled in\n"
-    text += yaml.safe_dump(json.loads(json.dumps(cfg)), sort_keys=False)
+def write_if_changed(path, text):
+    """Write a file the workflow makes while parsing, only when its text changes (so its mtime
+    means something)."""
     if not os.path.isfile(path) or Path(path).read_text() != text:
         write_text(path, text)
+
+
+def write_effective_config(cfg, path):
+    """The validated config with defaults filled, for the commands' --config."""
+    text = "# written by the workflow: the config it runs with, defaults filled in\n"
+    text += yaml.safe_dump(json.loads(json.dumps(cfg)), sort_keys=False)
+    write_if_changed(path, text)
 
 
 write_effective_config(config, EFFECTIVE_CONFIG)
@@ -268,28 +278,12 @@ def use_wsi_mil_command():
 use_wsi_mil_command()
 
 
-# --- output paths -------------------------------------------------------------------------------
-
-
-def tiles_path(slide):
-    return f"{RESULTS}/tiles/{slide}.zarr"
-
-
-def features_path(encoder, slide):
-    return f"{RESULTS}/features/{encoder}/{slide}.zarr"
-
-
-def fold_dir(task, encoder, method, fold):
-    return f"{RESULTS}/mil/{task}/{encoder}/{method}/fold{fold}"
-
-
-def summary_json(task, encoder, method):
-    return f"{RESULTS}/mil/{task}/{encoder}/{method}/summary.json"
+# --- output paths (all from OUT, pipeline/layout.py) ----------------------------------------------
 
 
 def all_summaries():
     return [
-        summary_json(task, encoder, method)
+        OUT.summary_json(task, encoder, method)
         for task in TASKS
         for encoder in ENCODERS
         for method in TRAINED_METHODS
@@ -297,19 +291,45 @@ def all_summaries():
 
 
 def train_inputs(w):
-    """Feature stores of the task's slides, its tables and folds (and the teacher, if any)."""
+    """Every file a train job reads: the feature stores of the task's slides, its tables, its
+    folds and, for a method with a teacher, the baseline's checkpoint of the same fold.
+    """
     task = TASKS[w.task]
     inputs = {
-        "features": [features_path(w.encoder, s) for s in TASK_SLIDES[w.task]],
+        "features": [OUT.features(w.encoder, s) for s in TASK_SLIDES[w.task]],
         "table": task["table"],
         "slides_table": task_slides_table(task),
-        "splits": f"{RESULTS}/splits/{w.task}.csv",
+        "splits": OUT.splits(w.task),
     }
     if teacher_of(w.method):
-        teacher = fold_dir(w.task, w.encoder, teacher_of(w.method), w.fold)
-        inputs["teacher"] = f"{teacher}/model.pt"
+        baseline = teacher_of(w.method)
+        inputs["teacher"] = OUT.fold_file(w.task, w.encoder, baseline, w.fold, "model")
+        inputs["teacher_json"] = OUT.fold_file(
+            w.task, w.encoder, baseline, w.fold, "model_json"
+        )
     return inputs
 
 
+def teacher_flag(w, input):
+    """--teacher-init with the baseline's fold folder, for methods that have a teacher."""
+    if not teacher_of(w.method):
+        return ""
+    return f"--teacher-init {shlex.quote(os.path.dirname(input.teacher))}"
+
+
+def run_benchmarks():
+    """The benchmark files of every job of this run, relative to the results folder."""
+    jobs = [("tile", s) for s in SLIDE_IDS]
+    jobs += [("extract", e, s) for e in ENCODERS for s in SLIDE_IDS]
+    jobs += [("splits", t) for t in TASKS]
+    for t in TASKS:
+        for e in ENCODERS:
+            for m in TRAINED_METHODS:
+                jobs += [("train", t, e, m, fold_name(k)) for k in FOLDS]
+                jobs.append(("evaluate", t, e, m))
+    jobs += [("summary", "summary"), ("report", "report")]
+    return [os.path.relpath(OUT.benchmark(*job), RESULTS) for job in jobs]
+
+
 def final_outputs():
-    return [f"{RESULTS}/summary.csv", f"{RESULTS}/report/index.html"]
+    return [OUT.summary_csv, OUT.report_html]

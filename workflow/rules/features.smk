@@ -6,13 +6,13 @@ FEATURES = config["features"]
 rule extract:
     input:
         slide=lambda w: SLIDES[w.slide],
-        tiles=f"{RESULTS}/tiles/{{slide}}.zarr",
+        tiles=OUT.tiles("{slide}"),
     output:
-        directory(f"{RESULTS}/features/{{encoder}}/{{slide}}.zarr"),
+        directory(OUT.features("{encoder}", "{slide}")),
     log:
-        f"{RESULTS}/logs/extract/{{encoder}}/{{slide}}.log",
+        OUT.log("extract", "{encoder}", "{slide}"),
     benchmark:
-        f"{RESULTS}/benchmarks/extract/{{encoder}}/{{slide}}.tsv"
+        OUT.benchmark("extract", "{encoder}", "{slide}")
     wildcard_constraints:
         encoder=alternatives(ENCODERS),
     conda:
@@ -36,5 +36,5 @@ rule extract:
         ),
     shell:
         "wsi-mil extract {input.slide:q} {input.tiles:q} -o {output:q}"
-        " --encoder {wildcards.encoder} --weights {params.weights:q}"
+        " --encoder {wildcards.encoder:q} --weights {params.weights:q}"
         " {params.record_failure} --config {params.config:q} > {log:q} 2>&1"

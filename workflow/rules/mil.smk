@@ -2,6 +2,7 @@
 #
 # Methods with a teacher (MHIM) start from the baseline trained on the same fold, so the DAG
 # trains every baseline fold first and hands its checkpoint over with --teacher-init.
+# Paths come from OUT (pipeline/layout.py).
 
 MIL = config["mil"]
 
@@ -15,11 +16,11 @@ rule splits:
     input:
         table=lambda w: TASKS[w.task]["table"],
     output:
-        f"{RESULTS}/splits/{{task}}.csv",
+        OUT.splits("{task}"),
     log:
-        f"{RESULTS}/logs/splits/{{task}}.log",
+        OUT.log("splits", "{task}"),
     benchmark:
-        f"{RESULTS}/benchmarks/splits/{{task}}.tsv"
+        OUT.benchmark("splits", "{task}")
     conda:
         "../../envs/mil.yaml"
     threads: 1
@@ -38,43 +39,20 @@ rule splits:
         " --survival-bins {params.bins} > {log:q} 2>&1"
 
 
-# the files the train command writes into its output folder
-TRAIN_OUTPUT = {
-    key: f"{RESULTS}/mil/{{task}}/{{encoder}}/{{method}}/fold{{fold}}/{name}"
-    for key, name in [
-        ("model", "model.pt"),
-        ("model_json", "model.json"),
-        ("history", "history.csv"),
-        ("predictions", "predictions.csv"),
-        ("metrics", "metrics.json"),
-    ]
-}
-TRAIN_PARAMS = {
-    "features": lambda w, input: os.path.dirname(input.features[0]),
-    "outdir": lambda w, output: os.path.dirname(output.metrics),
-    "task_type": lambda w: TASKS[w.task]["type"],
-    "config": EFFECTIVE_CONFIG,
-    "settings": settings_digest("mil", drop=("methods",)),
-}
-TRAIN_SHELL = (
-    "wsi-mil train --features {params.features:q} --labels {input.table:q}"
-    " --slides-table {input.slides_table:q} --splits {input.splits:q} --fold {wildcards.fold}"
-    " --method {wildcards.method} --task-type {params.task_type} -o {params.outdir:q}"
-    " {params.teacher} --threads {threads} --config {params.config:q} > {log:q} 2>&1"
-)
-
-
+# One model per task x encoder x method x fold. A method with a teacher (MHIM) also declares its
+# baseline's checkpoint of the same fold as input (train_inputs), so that baseline trains first.
 rule train:
     input:
         unpack(train_inputs),
     output:
-        **TRAIN_OUTPUT,
+        **OUT.fold_files("{task}", "{encoder}", "{method}", "{fold}"),
     log:
-        f"{RESULTS}/logs/train/{{task}}/{{encoder}}/{{method}}/fold{{fold}}.log",
+        OUT.log("train", "{task}", "{encoder}", "{method}", fold_name("{fold}")),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{task}}/{{encoder}}/{{method}}/fold{{fold}}.tsv"
+        OUT.benchmark("train", "{task}", "{encoder}", "{method}", fold_name("{fold}"))
     wildcard_constraints:
-        method=alternatives(BASELINE_METHODS),
+        encoder=alternatives(ENCODERS),
+        method=alternatives(TRAINED_METHODS),
     conda:
         "../../envs/mil.yaml"
     threads: 2
@@ -82,53 +60,36 @@ rule train:
         mem_mb=8000,
         runtime=240,
     params:
-        **TRAIN_PARAMS,
-        teacher="",
+        features=lambda w: OUT.features_dir(w.encoder),
+        outdir=lambda w, output: os.path.dirname(output.metrics),
+        task_type=lambda w: TASKS[w.task]["type"],
+        teacher=teacher_flag,
+        config=EFFECTIVE_CONFIG,
+        settings=settings_digest("mil", drop=("methods",)),
     shell:
-        TRAIN_SHELL
-
-
-rule train_with_teacher:
-    input:
-        unpack(train_inputs),
-    output:
-        **TRAIN_OUTPUT,
-    log:
-        f"{RESULTS}/logs/train/{{task}}/{{encoder}}/{{method}}/fold{{fold}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train_with_teacher/{{task}}/{{encoder}}/{{method}}/fold{{fold}}.tsv"
-    wildcard_constraints:
-        method=alternatives(STUDENT_METHODS),
-    conda:
-        "../../envs/mil.yaml"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=240,
-    params:
-        **TRAIN_PARAMS,
-        teacher=lambda w, input: f"--teacher-init {shlex.quote(os.path.dirname(input.teacher))}",
-    shell:
-        TRAIN_SHELL
+        "wsi-mil train --features {params.features:q} --labels {input.table:q}"
+        " --slides-table {input.slides_table:q} --splits {input.splits:q} --fold {wildcards.fold}"
+        " --method {wildcards.method:q} --task-type {params.task_type} -o {params.outdir:q}"
+        " {params.teacher} --threads {threads} --config {params.config:q} > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
         lambda w: [
-            f"{fold_dir(w.task, w.encoder, w.method, k)}/metrics.json" for k in FOLDS
+            OUT.fold_file(w.task, w.encoder, w.method, k, "metrics") for k in FOLDS
         ],
     output:
         report(
-            f"{RESULTS}/mil/{{task}}/{{encoder}}/{{method}}/summary.json",
+            OUT.summary_json("{task}", "{encoder}", "{method}"),
             caption="../report/summary_json.rst",
             category="Models",
             subcategory="{task}",
             labels={"encoder": "{encoder}", "method": "{method}"},
         ),
     log:
-        f"{RESULTS}/logs/evaluate/{{task}}/{{encoder}}/{{method}}.log",
+        OUT.log("evaluate", "{task}", "{encoder}", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{task}}/{{encoder}}/{{method}}.tsv"
+        OUT.benchmark("evaluate", "{task}", "{encoder}", "{method}")
     conda:
         "../../envs/mil.yaml"
     threads: 1

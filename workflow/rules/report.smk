@@ -1,4 +1,16 @@
 # Summary table and HTML report: read the outputs above, compute nothing new about the slides.
+# The report shows this run only: its slides, encoders and benchmark files are listed in run.json
+# (written here while parsing) and are the report rule's inputs, never a listing of the folder.
+
+
+RUN_MANIFEST = {
+    "slides": SLIDE_IDS,
+    "encoders": ENCODERS,
+    "benchmarks": run_benchmarks(),
+}
+write_if_changed(
+    OUT.run_manifest, json.dumps(RUN_MANIFEST, indent=1, ensure_ascii=False) + "\n"
+)
 
 
 localrules:
@@ -11,14 +23,14 @@ rule summary:
         all_summaries(),
     output:
         report(
-            f"{RESULTS}/summary.csv",
+            OUT.summary_csv,
             caption="../report/summary_csv.rst",
             category="Summary",
         ),
     log:
-        f"{RESULTS}/logs/summary.log",
+        OUT.log("summary"),
     benchmark:
-        f"{RESULTS}/benchmarks/summary/summary.tsv"
+        OUT.benchmark("summary", "summary")
     conda:
         "../../envs/mil.yaml"
     threads: 1
@@ -31,25 +43,25 @@ rule summary:
 
 rule report:
     input:
-        summary=f"{RESULTS}/summary.csv",
-        tiles=[tiles_path(s) for s in SLIDE_IDS],
-        qc=[f"{RESULTS}/qc/{s}.png" for s in SLIDE_IDS],
-        features=[features_path(e, s) for e in ENCODERS for s in SLIDE_IDS],
+        summary=OUT.summary_csv,
+        tiles=[OUT.tiles(s) for s in SLIDE_IDS],
+        qc=[OUT.qc(s) for s in SLIDE_IDS],
+        features=[OUT.features(e, s) for e in ENCODERS for s in SLIDE_IDS],
     output:
         html=report(
-            f"{RESULTS}/report/index.html",
+            OUT.report_html,
             caption="../report/index.rst",
             category="Summary",
         ),
         slides=report(
-            f"{RESULTS}/report/slides.csv",
+            OUT.report_slides_csv,
             caption="../report/slides_csv.rst",
             category="Slides",
         ),
     log:
-        f"{RESULTS}/logs/report.log",
+        OUT.log("report"),
     benchmark:
-        f"{RESULTS}/benchmarks/report/report.tsv"
+        OUT.benchmark("report", "report")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -58,6 +70,9 @@ rule report:
         runtime=15,
     params:
         results=lambda w, input: os.path.dirname(input.summary),
+        run=OUT.run_manifest,
+        # a changed manifest (e.g. a slide added) re-runs the report
+        manifest=hashlib.sha256(json.dumps(RUN_MANIFEST).encode()).hexdigest()[:16],
     shell:
-        "wsi-mil report {params.results:q} --summary {input.summary:q} -o {output.html:q}"
-        " > {log:q} 2>&1"
+        "wsi-mil report {params.results:q} --summary {input.summary:q} --run {params.run:q}"
+        " -o {output.html:q} > {log:q} 2>&1"

@@ -5,18 +5,18 @@ rule tile:
     input:
         slide=lambda w: SLIDES[w.slide],
     output:
-        tiles=directory(f"{RESULTS}/tiles/{{slide}}.zarr"),
+        tiles=directory(OUT.tiles("{slide}")),
         qc=report(
-            f"{RESULTS}/qc/{{slide}}.png",
+            OUT.qc("{slide}"),
             caption="../report/qc.rst",
             category="Slides",
             subcategory="Tissue QC",
             labels={"slide": "{slide}"},
         ),
     log:
-        f"{RESULTS}/logs/tile/{{slide}}.log",
+        OUT.log("tile", "{slide}"),
     benchmark:
-        f"{RESULTS}/benchmarks/tile/{{slide}}.tsv"
+        OUT.benchmark("tile", "{slide}")
     conda:
         "../../envs/tiling.yaml"
     threads: 1

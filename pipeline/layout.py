@@ -1,0 +1,163 @@
+"""Where every output of a run lives: the one place the results layout is spelled out.
+
+The Snakemake rules, the commands and the report all ask this module for paths, so a file is named
+once. It imports nothing heavy (no torch, no zarr) because the workflow imports it while parsing,
+also once per cluster job. Paths are plain ``str`` joined with ``/`` so that Snakemake wildcard
+patterns pass through unchanged: ``Layout("results").tiles("{slide}")`` is the rule's output pattern
+and ``Layout("results").tiles("S1")`` the file of slide S1. See docs/architecture.md, "Data
+contracts", for what each file holds.
+
+Layout of ``results_dir``::
+
+    config.effective.yaml                      the validated config the commands run with
+    run.json                                   what the current run is made of (for the report)
+    tiles/{slide}.zarr    qc/{slide}.png       tiling
+    features/{encoder}/{slide}.zarr            feature extraction
+    splits/{task}.csv                          folds per task
+    mil/{task}/{encoder}/{method}/fold{k}/     one trained model (FOLD_FILES)
+    mil/{task}/{encoder}/{method}/summary.json mean +- std over folds
+    summary.csv  report/index.html  report/slides.csv
+    logs/{stage}/...log  benchmarks/{stage}/...tsv
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# --- the files of one fold folder (written by `wsi-mil train`, read by predict/evaluate/report) -----
+MODEL_WEIGHTS = "model.pt"  # state dict (torch.save of tensors only; loaded with weights_only=True)
+MODEL_META = "model.json"  # method, task, in_dim, n_outputs, cfg, fold, ... : how to rebuild it
+HISTORY = "history.csv"  # one row per epoch
+PREDICTIONS = "predictions.csv"  # one row per test case
+METRICS = "metrics.json"  # written last: its presence marks the fold complete
+
+# key (as the train rule names its outputs) -> file name, in the order they are written
+FOLD_FILES: dict[str, str] = {
+    "model": MODEL_WEIGHTS,
+    "model_json": MODEL_META,
+    "history": HISTORY,
+    "predictions": PREDICTIONS,
+    "metrics": METRICS,
+}
+
+SUMMARY_JSON = "summary.json"  # one per task x encoder x method (and per method in `wsi-mil cv`)
+SPLITS_CSV = "splits.csv"  # the folds `wsi-mil cv` writes into its output folder
+EFFECTIVE_CONFIG = "config.effective.yaml"
+RUN_MANIFEST = "run.json"  # the slides, encoders and benchmark files of the current run (report)
+
+_FOLD_DIR = re.compile(r"^fold(\d+)$")
+
+
+def fold_name(fold: int | str) -> str:
+    """``fold{k}``: the folder of fold k (wildcards such as ``{fold}`` pass through)."""
+    return f"fold{fold}"
+
+
+def fold_number(folder: str | os.PathLike) -> int | None:
+    """k for a folder named ``fold{k}``, else None."""
+    match = _FOLD_DIR.match(Path(folder).name)
+    return int(match.group(1)) if match else None
+
+
+def fold_file(fold_dir: str | os.PathLike, key: str) -> Path:
+    """One file of a fold folder by its key in :data:`FOLD_FILES` (``model``, ``metrics``, ...)."""
+    return Path(fold_dir) / FOLD_FILES[key]
+
+
+def fold_complete(fold_dir: str | os.PathLike) -> bool:
+    """A fold folder is complete once ``metrics.json`` exists (it is written last, atomically)."""
+    return fold_file(fold_dir, "metrics").is_file()
+
+
+def summary_parts(path: str | os.PathLike) -> tuple[str, str, str] | None:
+    """(task, encoder, method) of ``.../mil/{task}/{encoder}/{method}/summary.json``, else None."""
+    parts = Path(path).resolve().parts
+    if len(parts) < 5 or parts[-5] != "mil" or parts[-1] != SUMMARY_JSON:
+        return None
+    return parts[-4], parts[-3], parts[-2]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one results folder; every method returns ``str`` (wildcards pass through)."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", os.path.normpath(str(self.root)))
+
+    def _join(self, *parts: object) -> str:
+        return "/".join([self.root, *map(str, parts)])
+
+    # --- run-wide files -----------------------------------------------------------------------------
+    @property
+    def effective_config(self) -> str:
+        return self._join(EFFECTIVE_CONFIG)
+
+    @property
+    def run_manifest(self) -> str:
+        return self._join(RUN_MANIFEST)
+
+    @property
+    def summary_csv(self) -> str:
+        return self._join("summary.csv")
+
+    @property
+    def report_html(self) -> str:
+        return self._join("report", "index.html")
+
+    @property
+    def report_slides_csv(self) -> str:
+        return self._join("report", "slides.csv")
+
+    # --- per slide ----------------------------------------------------------------------------------
+    def tiles(self, slide: str) -> str:
+        return self._join("tiles", f"{slide}.zarr")
+
+    def qc(self, slide: str) -> str:
+        return self._join("qc", f"{slide}.png")
+
+    def features_dir(self, encoder: str) -> str:
+        """The folder of one encoder's feature stores (what `wsi-mil train --features` takes)."""
+        return self._join("features", encoder)
+
+    def features(self, encoder: str, slide: str) -> str:
+        return self._join("features", encoder, f"{slide}.zarr")
+
+    # --- MIL ----------------------------------------------------------------------------------------
+    def splits(self, task: str) -> str:
+        return self._join("splits", f"{task}.csv")
+
+    def method_dir(self, task: str, encoder: str, method: str) -> str:
+        return self._join("mil", task, encoder, method)
+
+    def fold_dir(self, task: str, encoder: str, method: str, fold: int | str) -> str:
+        return self._join("mil", task, encoder, method, fold_name(fold))
+
+    def fold_file(self, task: str, encoder: str, method: str, fold: int | str, key: str) -> str:
+        return f"{self.fold_dir(task, encoder, method, fold)}/{FOLD_FILES[key]}"
+
+    def fold_files(self, task: str, encoder: str, method: str, fold: int | str) -> dict[str, str]:
+        """Every file of one fold folder by key (the train rule's named outputs)."""
+        return {k: self.fold_file(task, encoder, method, fold, k) for k in FOLD_FILES}
+
+    def summary_json(self, task: str, encoder: str, method: str) -> str:
+        return f"{self.method_dir(task, encoder, method)}/{SUMMARY_JSON}"
+
+    # --- Snakemake's own files ----------------------------------------------------------------------
+    def log(self, stage: str, *parts: str) -> str:
+        """``logs/{stage}/{parts...}.log``, or ``logs/{stage}.log`` for a run-wide stage."""
+        if not parts:
+            return self._join("logs", f"{stage}.log")
+        return self._join("logs", stage, *parts[:-1], f"{parts[-1]}.log")
+
+    def benchmark(self, stage: str, *parts: str) -> str:
+        """``benchmarks/{stage}/{parts...}.tsv`` (the report's run-time table reads these)."""
+        return self._join("benchmarks", stage, *parts[:-1], f"{parts[-1]}.tsv")
+
+    @property
+    def benchmarks_dir(self) -> str:
+        return self._join("benchmarks")

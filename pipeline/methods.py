@@ -1,0 +1,138 @@
+"""The MIL method table: every method's name, family, baseline, description and implementing class.
+
+Importable without torch, so the Snakemake workflow (which parses once per cluster job) plans the
+jobs from this table rather than from a copy: a method with a ``baseline`` (MHIM-MIL) needs that
+baseline trained on the same fold first, because its checkpoint initialises the teacher.
+:func:`pipeline.mil.models.create_mil_model` builds a method from its ``target`` (``module:Class``).
+How each method differs from its paper and public code: docs/architecture.md, "Method notes".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One MIL method as ``wsi-mil methods`` lists it."""
+
+    name: str
+    target: str  # "module:Class" below pipeline.mil (mhim, msm) or pipeline.mil.models
+    family: str  # abmil, transmil, dsmil, mhim, msm
+    baseline: str | None  # the method whose same-fold checkpoint initialises the teacher
+    description: str
+
+
+_MHIM_NOTE = (
+    " Teacher = the {base} baseline of the same fold, EMA-updated; each training bag: RHSM masks a random"
+    " half of the top-2*rhsm_ratio instances by the teacher's class-aware instance probability"
+    " (instance_score=attention gives MHIM v1), cosine-decayed; random_mask_ratio is the fraction of the"
+    " remaining instances MASKED (default 0.8; the public code's merge_ratio is the fraction kept); GRN"
+    " global queries summarise the randomly masked instances; loss = task + consistency_weight *"
+    " consistency with the teacher. Inference: student only, all instances (+ GRN tokens when"
+    " grn_at_inference). Switches: mil.mhim.*; model keys as for {base}."
+)
+
+_SPECS: tuple[MethodSpec, ...] = (
+    MethodSpec(
+        "abmil",
+        "abmil:ABMIL",
+        "abmil",
+        None,
+        "AB-MIL (Ilse 2018): attention pooling (tanh) over projected instances. Model keys: embed_dims"
+        " (e.g. [256,128,64] for Ilse's MI-Net projection), attention_dim, activation.",
+    ),
+    MethodSpec(
+        "abmil_gated",
+        "abmil:GatedABMIL",
+        "abmil",
+        None,
+        "AB-MIL with gated attention (tanh * sigmoid). Model keys as abmil.",
+    ),
+    MethodSpec(
+        "transmil",
+        "transmil:TransMIL",
+        "transmil",
+        None,
+        "TransMIL (Shao 2021): CLS token, 2 Nystrom self-attention layers, PPEG positional conv."
+        " Model keys: heads, landmarks, pinv_iterations, attention_dropout, ppeg, activation.",
+    ),
+    MethodSpec(
+        "dsmil",
+        "dsmil:DSMIL",
+        "dsmil",
+        None,
+        "DSMIL (Li 2021): instance classifier, critical-instance attention, Conv1d bag classifier;"
+        " loss on bag and max-instance logits. Model keys: query_dim, activation, loss_mix.",
+    ),
+    MethodSpec(
+        "mhim_abmil",
+        "mhim:MHIM",
+        "mhim",
+        "abmil",
+        "MHIM-MIL v2 around AB-MIL." + _MHIM_NOTE.format(base="abmil"),
+    ),
+    MethodSpec(
+        "mhim_transmil",
+        "mhim:MHIM",
+        "mhim",
+        "transmil",
+        "MHIM-MIL v2 around TransMIL." + _MHIM_NOTE.format(base="transmil"),
+    ),
+    MethodSpec(
+        "mhim_dsmil",
+        "mhim:MHIM",
+        "mhim",
+        "dsmil",
+        "MHIM-MIL v2 around DSMIL (instance score = its instance classifier)."
+        + _MHIM_NOTE.format(base="dsmil"),
+    ),
+    MethodSpec(
+        "msm",
+        "msm:MSMMIL",
+        "msm",
+        None,
+        "MSM-MIL (interpretation of Wang et al.'s abstract): gated-attention stages; each stage masks"
+        " its top mask_ratio of the instances not yet masked and the next stage attends to the rest;"
+        " stage embeddings are attention-pooled for the prediction. Switches: mil.msm.stages,"
+        " mil.msm.mask_ratio; model keys: attention_dim, activation.",
+    ),
+)
+
+# name -> spec, in the order `wsi-mil methods` lists them
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def _info(spec: MethodSpec) -> dict[str, Any]:
+    info = asdict(spec)
+    info.pop("target")
+    return info
+
+
+def list_methods() -> list[dict[str, Any]]:
+    """Every method as ``{name, family, baseline, description}``."""
+    return [_info(spec) for spec in METHODS.values()]
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec of method ``name``; an unknown name is a :class:`ConfigError` listing the valid ones."""
+    if name not in METHODS:
+        raise ConfigError(
+            f"method '{name}'",
+            "unknown MIL method",
+            f"Valid methods: {', '.join(METHODS)} (see `wsi-mil methods`).",
+        )
+    return METHODS[name]
+
+
+def method_info(name: str) -> dict[str, Any]:
+    """One method's ``{name, family, baseline, description}``; unknown names raise :class:`ConfigError`."""
+    return _info(get_method(name))
+
+
+def baseline_of(name: str) -> str | None:
+    """The method whose same-fold checkpoint initialises ``name``'s teacher (None when it has none)."""
+    return get_method(name).baseline
