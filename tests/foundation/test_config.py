@@ -154,9 +154,11 @@ def test_check_config_rejects_misspelt_weights_key_and_unknown_names(tmp_path):
     cfg["mil"]["methods"] = ["abmil", "ab-mil"]
     lines = _check_config(tmp_path, cfg).stderr.strip().splitlines()
     assert len(lines) == 2
-    assert "'mil.methods' has 'ab-mil': expected one of abmil, abmil_gated" in lines[0]
-    assert "'features.encoders' has 'efficientnet_lite0;touch X;true': expected one of" in lines[1]
-    assert "efficientnet_lite0" in lines[1].rsplit("expected one of", 1)[1]
+    (methods,) = [line for line in lines if "'mil.methods'" in line]
+    (encoders,) = [line for line in lines if "'features.encoders" in line]
+    assert "'mil.methods' has 'ab-mil': expected one of abmil, abmil_gated" in methods
+    assert "'features.encoders.0' = 'efficientnet_lite0;touch X;true': expected one of" in encoders
+    assert "efficientnet_lite0" in encoders.rsplit("expected one of", 1)[1]
 
 
 def test_configuration_error_is_not_recorded_as_a_failed_slide(tmp_path, capsys):
