@@ -1,12 +1,116 @@
-# Feature extraction: one store per slide and encoder (results/features/{encoder}/{slide}.zarr).
+# Feature extraction: one store per slide and encoder (results/features/{encoder}/{slide}.zarr),
+# computed by group jobs of features.slides_per_job slides, so the model is loaded once per group.
+#
+# Why two rules. Snakemake deletes all outputs of a job before running it and after it fails, so a
+# rule whose outputs were a group's stores would throw away the finished slides of a killed group
+# job, and re-embed a whole group when one slide is added to it. Instead:
+#   extract_batch  embeds a group of slides into staging/features/{encoder}/{slide}.zarr (not
+#                  Snakemake outputs, so never deleted by it); its output is a small summary
+#                  written when every slide of the group is done. Re-run after a kill, it keeps the
+#                  staged stores that answer the same request (--skip-done) and embeds the rest.
+#   extract        the declared per-slide store: moves the staged store into place (a rename), or
+#                  embeds the slide on its own when no group staged it (e.g. a store to be redone
+#                  because its settings changed).
+# Groups are made, when the workflow is parsed, of the slides whose store does not exist yet
+# (sorted ids, slides_per_job at a time) and named by a hash of their members: slides already done
+# are in no group, so adding slides to the folder embeds only the new ones, and asking for one
+# slide's store runs its group (whose other slides then wait, staged, for the next run).
 
 FEATURES = config["features"]
+SLIDES_PER_JOB = int(FEATURES["slides_per_job"])
+
+
+def staged_path(encoder, slide):
+    return f"{RESULTS}/staging/features/{encoder}/{slide}.zarr"
+
+
+def pending_groups(encoder):
+    """Group id -> slide ids, for the slides of ``encoder`` whose feature store is missing."""
+    pending = [
+        s for s in sorted(SLIDES) if not os.path.exists(features_path(encoder, s))
+    ]
+    groups = {}
+    for start in range(0, len(pending), SLIDES_PER_JOB):
+        members = pending[start : start + SLIDES_PER_JOB]
+        key = hashlib.sha256("\n".join([encoder, *members]).encode()).hexdigest()[:12]
+        groups[key] = members
+    return groups
+
+
+GROUPS = {encoder: pending_groups(encoder) for encoder in ENCODERS}
+GROUP_OF = {
+    encoder: {s: key for key, members in groups.items() for s in members}
+    for encoder, groups in GROUPS.items()
+}
+EXTRACT_GPU = 0 if FEATURES["device"] == "cpu" else 1
+
+
+def group_summary(encoder, key):
+    return f"{RESULTS}/staging/features/{encoder}/group-{key}.json"
+
+
+def group_members(w):
+    return GROUPS[w.encoder][w.group]
+
+
+def group_arguments(w):
+    """SLIDE TILES pairs and one -o STAGED per slide of the group, quoted for the shell."""
+    members = group_members(w)
+    pairs = [f"{shlex.quote(SLIDES[s])} {shlex.quote(tiles_path(s))}" for s in members]
+    outs = [f"-o {shlex.quote(staged_path(w.encoder, s))}" for s in members]
+    return " ".join(pairs + outs)
+
+
+def extract_settings(w):
+    return settings_digest(
+        f"features.weights.{w.encoder}", "features.precision", "features.dtype"
+    )
+
+
+rule extract_batch:
+    input:
+        slides=lambda w: [SLIDES[s] for s in group_members(w)],
+        tiles=lambda w: [tiles_path(s) for s in group_members(w)],
+    output:
+        f"{RESULTS}/staging/features/{{encoder}}/group-{{group}}.json",
+    log:
+        f"{RESULTS}/logs/extract/{{encoder}}/group-{{group}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract/{{encoder}}/group-{{group}}.tsv"
+    wildcard_constraints:
+        encoder=alternatives(ENCODERS),
+        group="[0-9a-f]{12}",
+    conda:
+        "../../envs/features.yaml"
+    # decoding workers plus the model's own thread(s)
+    threads: FEATURES["workers"] + 1
+    resources:
+        gpu=EXTRACT_GPU,
+        mem_mb=16000,
+        runtime=lambda w: 30 + 15 * len(group_members(w)),
+    params:
+        jobs=group_arguments,
+        weights=lambda w: FEATURES["weights"].get(w.encoder, "pretrained"),
+        record_failure=(
+            "--record-failure" if config["workflow"]["record_failures"] else ""
+        ),
+        config=EFFECTIVE_CONFIG,
+        settings=extract_settings,
+    shell:
+        "wsi-mil extract {params.jobs} --skip-done --done {output:q}"
+        " --encoder {wildcards.encoder} --weights {params.weights:q}"
+        " {params.record_failure} --config {params.config:q} > {log:q} 2>&1"
 
 
 rule extract:
     input:
         slide=lambda w: SLIDES[w.slide],
         tiles=f"{RESULTS}/tiles/{{slide}}.zarr",
+        group=lambda w: (
+            [group_summary(w.encoder, GROUP_OF[w.encoder][w.slide])]
+            if w.slide in GROUP_OF[w.encoder]
+            else []
+        ),
     output:
         directory(f"{RESULTS}/features/{{encoder}}/{{slide}}.zarr"),
     log:
@@ -17,24 +121,24 @@ rule extract:
         encoder=alternatives(ENCODERS),
     conda:
         "../../envs/features.yaml"
-    # decoding workers plus the model's own thread(s)
-    threads: FEATURES["workers"] + 1
+    threads: lambda w: 1 if w.slide in GROUP_OF[w.encoder] else FEATURES["workers"] + 1
+    # a staged slide is only moved into place; one that no group staged is embedded here
     resources:
-        gpu=0 if FEATURES["device"] == "cpu" else 1,
-        mem_mb=16000,
-        runtime=120,
+        gpu=lambda w: 0 if w.slide in GROUP_OF[w.encoder] else EXTRACT_GPU,
+        mem_mb=lambda w: 1000 if w.slide in GROUP_OF[w.encoder] else 16000,
+        runtime=lambda w: 10 if w.slide in GROUP_OF[w.encoder] else 120,
     # batch size, workers, device and precision come from --config: changing how features are
     # computed re-runs nothing, changing what they are (weights, precision, dtype) re-runs all
     params:
+        staged=lambda w: staged_path(w.encoder, w.slide),
         weights=lambda w: FEATURES["weights"].get(w.encoder, "pretrained"),
         record_failure=(
             "--record-failure" if config["workflow"]["record_failures"] else ""
         ),
         config=EFFECTIVE_CONFIG,
-        settings=lambda w: settings_digest(
-            f"features.weights.{w.encoder}", "features.precision", "features.dtype"
-        ),
+        settings=extract_settings,
     shell:
         "wsi-mil extract {input.slide:q} {input.tiles:q} -o {output:q}"
-        " --encoder {wildcards.encoder} --weights {params.weights:q}"
-        " {params.record_failure} --config {params.config:q} > {log:q} 2>&1"
+        " --staged {params.staged:q} --encoder {wildcards.encoder}"
+        " --weights {params.weights:q} {params.record_failure} --config {params.config:q}"
+        " > {log:q} 2>&1"
