@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.features import Embedder, ExtractOptions, SlideWork, write_empty_features
 from pipeline.log import get_logger
 from pipeline.slides import slide_id
-from pipeline.store import read_attrs, to_jsonable
+from pipeline.staging import answers, store_attrs
 from pipeline.tilestore import Tiles, read_tiles
 
 
@@ -46,17 +46,7 @@ class Outcome:
 
 def store_answers(out: Path, tiles: Tiles, requested: dict[str, Any]) -> bool:
     """True when ``out`` is a published feature store made from these tiles for this request."""
-    if not out.exists():
-        return False
-    try:
-        attrs = read_attrs(out)
-    except PipelineError:
-        return False
-    return (
-        attrs.get("requested") == requested
-        and attrs.get("tiles_store") == str(tiles.path.resolve())
-        and attrs.get("tiles") == to_jsonable(tiles.attrs)
-    )
+    return answers(store_attrs(out), tiles.path, requested)
 
 
 def run_group(
@@ -229,19 +219,3 @@ def _shard_main(k, jobs, encoder_name, weights, options, threads, results, **kwa
         results.put((k, None, err.line()))
     except Exception as err:  # noqa: BLE001 - reported to the parent as one line
         results.put((k, None, f"{type(err).__name__}: {err}"))
-
-
-def publish_staged(staged: Path, out: Path, tiles_path: Path, requested: dict[str, Any]) -> bool:
-    """Move a store a group job left at ``staged`` to ``out`` when it answers this request (same
-    tiles, encoder, weights, precision, dtype); False when there is none to move."""
-    if not store_answers(staged, read_tiles(tiles_path), requested):
-        return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        from pipeline.store import atomic_path
-
-        with atomic_path(out) as tmp:
-            os.replace(staged, tmp)
-    else:
-        os.replace(staged, out)
-    return True

@@ -75,9 +75,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from pipeline.config import section
-    from pipeline.errors import PipelineError
 
     jobs = _jobs(args)
+    if args.staged is not None and _publish_staged(args, jobs):
+        return 0
     features = section(args.config, "features")
     weights = args.weights or features.get("weights", {}).get(args.encoder, "pretrained")
     from pipeline.features import ExtractOptions
@@ -90,17 +91,12 @@ def run(args) -> int:
         precision=args.precision,
         dtype=args.dtype,
     )
-    if args.staged is not None:
-        if len(jobs) != 1:
-            raise PipelineError("--staged", "applies to one slide only", "Pass one SLIDE TILES.")
-        if _publish_staged(args.staged, jobs[0], options.requested(args.encoder, weights)):
-            return 0
     # SIGTERM (Snakemake or SLURM cancelling the job) is turned into a clean exit by the CLI.
     from pipeline.device import shard_devices
-    from pipeline.extract_group import run_sharded
+    from pipeline.extract_group import SlideJob, run_sharded
 
     outcomes = run_sharded(
-        jobs,
+        [SlideJob(*job) for job in jobs],
         args.encoder,
         weights,
         options,
@@ -114,7 +110,6 @@ def run(args) -> int:
 
 def _jobs(args):
     from pipeline.errors import PipelineError
-    from pipeline.extract_group import SlideJob
 
     pairs, outs = args.inputs, args.output
     if len(pairs) != 2 * len(outs):
@@ -123,17 +118,32 @@ def _jobs(args):
             f"{len(pairs)} paths for {len(outs)} output(s)",
             "Give one SLIDE TILES pair per -o OUTPUT.",
         )
-    return [SlideJob(pairs[2 * i], pairs[2 * i + 1], out) for i, out in enumerate(outs)]
+    if args.staged is not None and len(outs) != 1:
+        raise PipelineError("--staged", "applies to one slide only", "Pass one SLIDE TILES.")
+    return [(pairs[2 * i], pairs[2 * i + 1], out) for i, out in enumerate(outs)]
 
 
-def _publish_staged(staged: Path, job, requested) -> bool:
-    from pipeline.extract_group import publish_staged
-    from pipeline.log import get_logger
-    from pipeline.slides import slide_id
+def _publish_staged(args, jobs) -> bool:
+    """The workflow's per-slide step: move the store a group job staged into place. Kept light
+    (no numpy, zarr or torch; the config read as the workflow wrote it) as it runs once per slide."""
+    import yaml
 
-    if not publish_staged(staged, job.out, job.tiles, requested):
+    from pipeline.staging import publish_staged
+
+    features = {}
+    if args.config is not None and args.config.exists():
+        features = (yaml.safe_load(args.config.read_text()) or {}).get("features") or {}
+    weights = args.weights or features.get("weights", {}).get(args.encoder, "pretrained")
+    requested = {
+        "encoder": args.encoder,
+        "weights": str(weights),
+        "precision": args.precision or features.get("precision", "auto"),
+        "dtype": args.dtype or features.get("dtype", "float16"),
+    }
+    slide, tiles, out = jobs[0]
+    if not publish_staged(args.staged, out, tiles, requested):
         return False
-    get_logger("extract", slide_id(job.slide)).info("published %s from %s", job.out, staged)
+    print(f"published {out} from {args.staged}")
     return True
 
 

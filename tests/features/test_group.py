@@ -259,3 +259,21 @@ def test_workflow_groups_only_slides_without_a_store(tmp_path):
     # one slide's store can be asked for alone
     counts = job_counts(dry_run(tmp_path, targets[-1]))
     assert counts["extract_batch"] == 1 and counts["extract"] == 1
+
+
+def test_staged_store_is_moved_into_place_only_when_it_answers_the_request(tmp_path, cohort):
+    one = [cohort[2]]
+    staged = tmp_path / "staging"
+    assert main(argv(one, staged)) == 0
+    before = content(staged / "c.zarr")
+    out = tmp_path / "final"
+    assert main([*argv(one, out), "--staged", str(staged / "c.zarr")]) == 0
+    assert not (staged / "c.zarr").exists()  # moved, not copied or recomputed
+    after = content(out / "c.zarr")
+    np.testing.assert_array_equal(after[0], before[0])
+    assert after[2] == before[2]
+    # a store staged for another request (float32) is not taken: the slide is embedded again
+    assert main([*argv(one, staged), "--dtype", "float32"]) == 0
+    assert main([*argv(one, out), "--staged", str(staged / "c.zarr")]) == 0
+    assert (staged / "c.zarr").exists()
+    assert content(out / "c.zarr")[0].dtype == np.float16
