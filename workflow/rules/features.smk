@@ -16,55 +16,8 @@
 # are in no group, so adding slides to the folder embeds only the new ones, and asking for one
 # slide's store runs its group (whose other slides then wait, staged, for the next run).
 
-FEATURES = config["features"]
-SLIDES_PER_JOB = int(FEATURES["slides_per_job"])
 
-
-def staged_path(encoder, slide):
-    return f"{RESULTS}/staging/features/{encoder}/{slide}.zarr"
-
-
-def pending_groups(encoder):
-    """Group id -> slide ids, for the slides of ``encoder`` whose feature store is missing."""
-    pending = [
-        s for s in sorted(SLIDES) if not os.path.exists(features_path(encoder, s))
-    ]
-    groups = {}
-    for start in range(0, len(pending), SLIDES_PER_JOB):
-        members = pending[start : start + SLIDES_PER_JOB]
-        key = hashlib.sha256("\n".join([encoder, *members]).encode()).hexdigest()[:12]
-        groups[key] = members
-    return groups
-
-
-GROUPS = {encoder: pending_groups(encoder) for encoder in ENCODERS}
-GROUP_OF = {
-    encoder: {s: key for key, members in groups.items() for s in members}
-    for encoder, groups in GROUPS.items()
-}
-EXTRACT_GPU = 0 if FEATURES["device"] == "cpu" else 1
-
-
-def group_summary(encoder, key):
-    return f"{RESULTS}/staging/features/{encoder}/group-{key}.json"
-
-
-def group_members(w):
-    return GROUPS[w.encoder][w.group]
-
-
-def group_arguments(w):
-    """SLIDE TILES pairs and one -o STAGED per slide of the group, quoted for the shell."""
-    members = group_members(w)
-    pairs = [f"{shlex.quote(SLIDES[s])} {shlex.quote(tiles_path(s))}" for s in members]
-    outs = [f"-o {shlex.quote(staged_path(w.encoder, s))}" for s in members]
-    return " ".join(pairs + outs)
-
-
-def extract_settings(w):
-    return settings_digest(
-        f"features.weights.{w.encoder}", "features.precision", "features.dtype"
-    )
+include: "feature_groups.smk"
 
 
 rule extract_batch:
