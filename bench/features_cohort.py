@@ -65,7 +65,7 @@ def snakemake(work: Path, cores: int, targets: list[str]) -> float:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("OMP_NUM_THREADS", None)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-    cmd += ["-d", str(work), "--cores", str(cores), "--quiet", "all", *targets]
+    cmd += ["-d", str(work), "--cores", str(cores), *targets, "--quiet", "all"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
