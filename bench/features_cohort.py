@@ -110,7 +110,14 @@ def run_cohort(args) -> int:
     tiles = [f"results/tiles/{sid}.zarr" for sid in ids]
     feats = [f"results/features/{ENCODER}/{sid}.zarr" for sid in ids]
     snakemake(work, cores, tiles)  # tiling is not what is measured
-    for folder in ("features", "staging", "logs/extract", "benchmarks/extract"):
+    for folder in (
+        "features",
+        "staging",
+        "logs/extract",
+        "benchmarks/extract",
+        "logs/extract_batch",
+        "benchmarks/extract_batch",
+    ):
         shutil.rmtree(work / "results" / folder, ignore_errors=True)
     e2e = snakemake(work, cores, feats)
     model, patches = model_only(

@@ -27,9 +27,9 @@ rule extract_batch:
     output:
         f"{RESULTS}/staging/features/{{encoder}}/group-{{group}}.json",
     log:
-        f"{RESULTS}/logs/extract/{{encoder}}/group-{{group}}.log",
+        f"{RESULTS}/logs/extract_batch/{{encoder}}/group-{{group}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/extract/{{encoder}}/group-{{group}}.tsv"
+        f"{RESULTS}/benchmarks/extract_batch/{{encoder}}/group-{{group}}.tsv"
     wildcard_constraints:
         encoder=alternatives(ENCODERS),
         group="[0-9a-f]{12}",
