@@ -5,6 +5,9 @@ for but absent. ``autocast_context`` wraps a forward pass in ``fp32`` (no autoca
 ``fp16`` autocast. ``native_bf16`` says whether the hardware multiplies bfloat16 natively (CUDA with
 bf16 support; a CPU with AVX512-BF16 or AMX), where bf16 matmuls run about twice as fast as fp32;
 elsewhere bf16 is emulated and slower, so ``auto`` choices fall back to fp32 there.
+``resolve_precision`` is the one rule that turns a configured precision (``PRECISIONS``) into the one
+to run, for extraction and MIL training alike; ``shard_devices`` lists the devices a group of slides
+is spread over (one worker process each).
 """
 
 from __future__ import annotations
