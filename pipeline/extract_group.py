@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.features import Embedder, ExtractOptions, SlideWork, write_empty_features
 from pipeline.log import get_logger
 from pipeline.slides import slide_id
-from pipeline.staging import answers, store_attrs
+from pipeline.staging import answers, set_attr, store_attrs
 from pipeline.tilestore import Tiles, read_tiles
 
 
@@ -57,17 +57,23 @@ def run_group(
     record_failure: bool = False,
     raise_errors: bool = False,
     skip_done: bool = False,
+    group_summary: str | None = None,
 ) -> list[Outcome]:
     """Embed ``jobs`` in order with one encoder; one :class:`Outcome` per job, in order.
 
     A slide that cannot be read is recorded as failed (``record_failure``), raised
     (``raise_errors``, the one-slide command) or logged as an ``error`` while the others carry on.
-    The model is built only when some slide has patches to embed.
+    The model is built only when some slide has patches to embed. ``group_summary`` (the
+    workflow's record of the group job) is written into every store's attrs: the workflow reads it
+    back to give each finished slide the same inputs on every later run.
     """
     from pipeline.encoders import create_encoder, get_spec
 
     spec = get_spec(encoder_name)
     requested = options.requested(encoder_name, weights)
+    extra = {"requested": requested}
+    if group_summary is not None:
+        extra["group_summary"] = group_summary
     outcomes: dict[int, Outcome] = {}
     works: dict[int, SlideWork] = {}
 
@@ -76,7 +82,7 @@ def run_group(
         if record_failure and tiles is not None and Path(err.where) == Path(job.slide):
             log.error("%s (recorded: an empty feature store marked failed)", err.line())
             write_empty_features(
-                job.out, tiles, job.slide, spec, weights, options.dtype, err.line(), requested
+                job.out, tiles, job.slide, spec, weights, options.dtype, err.line(), extra
             )
             outcomes[i] = Outcome(job, "failed", {"n_patches": 0, "failed": True}, err.line())
         elif raise_errors:
@@ -93,11 +99,13 @@ def run_group(
             continue
         if skip_done and store_answers(job.out, tiles, requested):
             get_logger("extract", slide_id(job.slide)).info("kept %s (already done)", job.out)
+            if group_summary is not None:
+                set_attr(job.out, "group_summary", group_summary)
             outcomes[i] = Outcome(job, "skipped", {"n_patches": len(tiles.coords)})
         elif tiles.failed or len(tiles.coords) == 0:
-            outcomes[i] = _write_empty(job, tiles, spec, weights, options, requested)
+            outcomes[i] = _write_empty(job, tiles, spec, weights, options, extra)
         else:
-            works[i] = SlideWork(job.slide, tiles, job.out, requested)
+            works[i] = SlideWork(job.slide, tiles, job.out, extra)
     if works:
         index = {id(w): i for i, w in works.items()}
         embedder = Embedder(create_encoder(encoder_name, weights), options)
@@ -110,7 +118,7 @@ def run_group(
     return [outcomes[i] for i in range(len(jobs))]
 
 
-def _write_empty(job, tiles, spec, weights, options, requested) -> Outcome:
+def _write_empty(job, tiles, spec, weights, options, extra) -> Outcome:
     why = (
         f"tiling failed ({tiles.attrs.get('error', 'no reason recorded')})"
         if tiles.failed
@@ -119,9 +127,7 @@ def _write_empty(job, tiles, spec, weights, options, requested) -> Outcome:
     get_logger("extract", slide_id(job.slide)).warning(
         "%s: writing an empty [0, %d] feature store", why, spec.dim
     )
-    write_empty_features(
-        job.out, tiles, job.slide, spec, weights, options.dtype, requested=requested
-    )
+    write_empty_features(job.out, tiles, job.slide, spec, weights, options.dtype, extra=extra)
     return Outcome(job, "empty", {"n_patches": 0, "failed": tiles.failed})
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ def write_empty_features(
     weights: str,
     dtype: str,
     error: str | None = None,
-    requested: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """A [0, dim] store for a slide with no patches, a failed tiling, or (``error``) pixels that
     could not be read during extraction; it carries the reason."""
@@ -151,8 +151,7 @@ def write_empty_features(
     }
     if error is not None:
         attrs.update(failed=True, error=error)
-    if requested is not None:
-        attrs["requested"] = requested
+    attrs.update(extra or {})
     arrays = {
         "features": np.zeros((0, spec.dim), dtype=dtype),
         "coords": np.zeros((0, 2), dtype=np.int32),
@@ -170,7 +169,7 @@ class SlideWork:
     slide: Path
     tiles: Tiles
     out: Path
-    requested: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # attrs to add (what was requested, ...)
 
 
 class Embedder:
@@ -281,8 +280,7 @@ class Embedder:
                 "patches_per_s": round(n / seconds, 2) if seconds > 0 else None,
             },
         }
-        if work.requested is not None:
-            attrs["requested"] = work.requested
+        attrs.update(work.extra)
         queue.submit(_publish, writer, attrs, log, n, seconds)
         return attrs
 

@@ -70,7 +70,11 @@ def add_arguments(parser) -> None:
         help="one slide: move this store (left by a group job) to -o when it answers the same "
         "request, instead of embedding",
     )
-    parser.add_argument("--done", type=Path, help="write a JSON summary here when all succeeded")
+    parser.add_argument(
+        "--done",
+        type=Path,
+        help="write a JSON summary here when all succeeded (each store records this path)",
+    )
 
 
 def run(args) -> int:
@@ -104,6 +108,7 @@ def run(args) -> int:
         record_failure=args.record_failure,
         raise_errors=len(jobs) == 1,
         skip_done=args.skip_done,
+        group_summary=str(args.done) if args.done is not None else None,
     )
     return _report(outcomes, args.done)
 

@@ -1,6 +1,8 @@
 # Helpers of workflow/rules/features.smk: which slides each group extraction job embeds, and where
 # it stages their stores (the design is explained at the top of features.smk).
 
+from pipeline.staging import store_attrs
+
 FEATURES = config["features"]
 SLIDES_PER_JOB = int(FEATURES["slides_per_job"])
 
@@ -50,3 +52,14 @@ def extract_settings(w):
     return settings_digest(
         f"features.weights.{w.encoder}", "features.precision", "features.dtype"
     )
+
+
+def group_input(w):
+    """The group summary a slide's store waits for (pending slide) or was made by (finished slide,
+    as its attrs record), so a finished store has the same inputs on every later run; ancient, as
+    the summary is written after the stores."""
+    if w.slide in GROUP_OF[w.encoder]:
+        return [ancient(group_summary(w.encoder, GROUP_OF[w.encoder][w.slide]))]
+    attrs = store_attrs(features_path(w.encoder, w.slide)) or {}
+    made_by = attrs.get("group_summary")
+    return [ancient(made_by)] if made_by and os.path.exists(made_by) else []

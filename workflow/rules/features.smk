@@ -15,6 +15,9 @@
 # (sorted ids, slides_per_job at a time) and named by a hash of their members: slides already done
 # are in no group, so adding slides to the folder embeds only the new ones, and asking for one
 # slide's store runs its group (whose other slides then wait, staged, for the next run).
+# A finished store records the group summary it was made by (attr group_summary); its extract job
+# keeps that summary as an (ancient) input on every later run, because Snakemake re-runs a job whose
+# set of inputs changed. Keep results/staging/: its summaries are small; staged stores are moved out.
 
 
 include: "feature_groups.smk"
@@ -59,11 +62,7 @@ rule extract:
     input:
         slide=lambda w: SLIDES[w.slide],
         tiles=f"{RESULTS}/tiles/{{slide}}.zarr",
-        group=lambda w: (
-            [group_summary(w.encoder, GROUP_OF[w.encoder][w.slide])]
-            if w.slide in GROUP_OF[w.encoder]
-            else []
-        ),
+        group=group_input,
     output:
         directory(f"{RESULTS}/features/{{encoder}}/{{slide}}.zarr"),
     log:
