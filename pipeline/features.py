@@ -306,11 +306,11 @@ def extract_features(
 ) -> dict[str, Any]:
     """Encode every patch of ``tiles`` and publish ``features``/``coords`` at ``out_path``."""
     work = SlideWork(Path(slide_path), tiles, Path(out_path))
-    for _, result in Embedder(encoder, options, chunk_rows).embed([work]):
-        if isinstance(result, PipelineError):
-            raise result
-        return result
-    raise AssertionError("unreachable: one slide in, one result out")
+    # consumed whole: the store is published (and a failed write raised) when embed() ends
+    ((_, result),) = list(Embedder(encoder, options, chunk_rows).embed([work]))
+    if isinstance(result, PipelineError):
+        raise result
+    return result
 
 
 def encode_batches(encoder, batches, device, precision: str) -> Iterator[np.ndarray]:

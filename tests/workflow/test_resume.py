@@ -37,7 +37,8 @@ def files_stamp(store: Path) -> dict[str, int]:
 
 def test_killed_during_extraction_resumes_without_recomputing(e2e, wf, job_counts, tmp_path):
     """The victims' slides are embedded by one group job; killed after its first slide, the re-run
-    keeps that slide's store (staged, then moved into place untouched) and embeds only the other."""
+    keeps the finished slides' stores (staged, then moved into place untouched) and embeds the rest.
+    Four victims: the tiny slides take a second or two each, so the kill lands mid-group."""
     work = wf.copy_run(e2e, tmp_path / "run")
     results = work / "results"
     feats = results / "features" / wf.ENCODER
@@ -45,7 +46,7 @@ def test_killed_during_extraction_resumes_without_recomputing(e2e, wf, job_count
     slides = sorted(
         p.name[: -len(".zarr")] for p in feats.glob("*.zarr") if wf.BROKEN not in p.name
     )
-    victims = slides[:2]
+    victims = slides[:4]
     for sid in victims:
         shutil.rmtree(feats / f"{sid}.zarr")
     kept = {sid: stamp(feats / f"{sid}.zarr") for sid in slides if sid not in victims}
@@ -73,7 +74,7 @@ def test_killed_during_extraction_resumes_without_recomputing(e2e, wf, job_count
             proc.wait()
 
     finished = [sid for sid in victims if (staging / f"{sid}.zarr").exists()]
-    assert len(finished) == 1  # one finished, the other was cut off
+    assert 1 <= len(finished) < len(victims)  # some finished, the others were cut off
     assert not any((feats / f"{sid}.zarr").exists() for sid in victims)  # the group did not end
     for sid in finished:  # what is there is complete; nothing half-written is left around
         assert_complete(staging / f"{sid}.zarr", results / "tiles" / f"{sid}.zarr")
