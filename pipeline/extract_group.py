@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.features import Embedder, ExtractOptions, SlideWork, write_empty_features
 from pipeline.log import get_logger
 from pipeline.slides import slide_id
-from pipeline.staging import answers, set_attr, store_attrs
+from pipeline.staging import answers, store_attrs
 from pipeline.tilestore import Tiles, read_tiles
 
 
@@ -64,8 +64,7 @@ def run_group(
     A slide that cannot be read is recorded as failed (``record_failure``), raised
     (``raise_errors``, the one-slide command) or logged as an ``error`` while the others carry on.
     The model is built only when some slide has patches to embed. ``group_summary`` (the
-    workflow's record of the group job) is written into every store's attrs: the workflow reads it
-    back to give each finished slide the same inputs on every later run.
+    workflow's record of the group job) is recorded in each new store's attrs.
     """
     from pipeline.encoders import create_encoder, get_spec
 
@@ -99,8 +98,6 @@ def run_group(
             continue
         if skip_done and store_answers(job.out, tiles, requested):
             get_logger("extract", slide_id(job.slide)).info("kept %s (already done)", job.out)
-            if group_summary is not None:
-                set_attr(job.out, "group_summary", group_summary)
             outcomes[i] = Outcome(job, "skipped", {"n_patches": len(tiles.coords)})
         elif tiles.failed or len(tiles.coords) == 0:
             outcomes[i] = _write_empty(job, tiles, spec, weights, options, extra)

@@ -23,19 +23,6 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
     return meta.get("attributes", {}) if meta.get("node_type") == "group" else None
 
 
-def set_attr(path: Path, key: str, value: Any) -> None:
-    """Set one attribute of the zarr v3 group at ``path`` (its zarr.json replaced atomically);
-    nothing is written when it already has that value."""
-    from pipeline.store import write_text
-
-    meta_path = Path(path) / "zarr.json"
-    meta = json.loads(meta_path.read_text())
-    if meta.setdefault("attributes", {}).get(key) == value:
-        return
-    meta["attributes"][key] = value
-    write_text(meta_path, json.dumps(meta, indent=2))
-
-
 def answers(attrs: dict[str, Any] | None, tiles_path: Path, requested: dict[str, Any]) -> bool:
     """True when a feature store's ``attrs`` say it was made from the tile store at ``tiles_path``
     (same attributes, so the same cut of the same slide) for the same request."""

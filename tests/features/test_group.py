@@ -241,39 +241,34 @@ def fake_run(root: Path, slides: list[str], done: list[str], per_job: int) -> li
 
 def test_workflow_groups_only_slides_without_a_store(tmp_path):
     slides = [f"s{i}" for i in range(7)]
-    targets = fake_run(tmp_path, slides, done=[], per_job=3)
-    text = dry_run(tmp_path, *targets)
+    targets = fake_run(tmp_path / "a", slides, done=[], per_job=3)
+    text = dry_run(tmp_path / "a", *targets)
     counts = job_counts(text)
     assert counts["extract_batch"] == 3 and counts["extract"] == 7  # groups of 3, 3 and 1
     groups = [line for line in text.splitlines() if "wsi-mil extract" in line and "--done" in line]
     assert sorted(line.count(" -o ") for line in groups) == [1, 3, 3]
 
-    # all but two slides are done; a new slide arrives: only the three without a store are embedded
-    targets = fake_run(tmp_path, [*slides, "s7"], done=slides[:5], per_job=3)
-    text = dry_run(tmp_path, *targets)
+    # five slides were embedded before; three have no store: one group of those three
+    root = tmp_path / "b"
+    targets = fake_run(root, [*slides, "s7"], done=slides[:5], per_job=3)
+    text = dry_run(root, *targets)
     counts = job_counts(text)
     assert counts["extract_batch"] == 1 and counts["extract"] == 3
     (group,) = [line for line in text.splitlines() if "--done" in line]
     assert all(f"/{s}.svs" in group for s in ("s5", "s6", "s7"))
     assert not any(f"/{s}.svs" in group for s in slides[:5])
-    # one slide's store can be asked for alone
-    counts = job_counts(dry_run(tmp_path, targets[-1]))
+    # one slide's store can be asked for alone (its group runs)
+    counts = job_counts(dry_run(root, targets[-1]))
     assert counts["extract_batch"] == 1 and counts["extract"] == 1
 
-
-def test_staged_store_is_moved_into_place_only_when_it_answers_the_request(tmp_path, cohort):
-    one = [cohort[2]]
-    staged = tmp_path / "staging"
-    assert main(argv(one, staged)) == 0
-    before = content(staged / "c.zarr")
-    out = tmp_path / "final"
-    assert main([*argv(one, out), "--staged", str(staged / "c.zarr")]) == 0
-    assert not (staged / "c.zarr").exists()  # moved, not copied or recomputed
-    after = content(out / "c.zarr")
-    np.testing.assert_array_equal(after[0], before[0])
-    assert after[2] == before[2]
-    # a store staged for another request (float32) is not taken: the slide is embedded again
-    assert main([*argv(one, staged), "--dtype", "float32"]) == 0
-    assert main([*argv(one, out), "--staged", str(staged / "c.zarr")]) == 0
-    assert (staged / "c.zarr").exists()
-    assert content(out / "c.zarr")[0].dtype == np.float16
+    # that group ran; a new slide arrives: only the new slide is embedded, in a group of its own
+    (members,) = (root / "results" / "staging" / "features" / ENCODER).glob("group-*.members")
+    assert members.read_text().split() == ["s5", "s6", "s7"]
+    members.with_suffix(".json").write_text("{}")
+    time.sleep(0.01)
+    targets = fake_run(root, [*slides, "s7", "s8"], done=[*slides, "s7"], per_job=3)
+    text = dry_run(root, *targets)
+    counts = job_counts(text)
+    assert counts["extract_batch"] == 1 and counts["extract"] == 1
+    (group,) = [line for line in text.splitlines() if "--done" in line]
+    assert "/s8.svs" in group and group.count(" -o ") == 1

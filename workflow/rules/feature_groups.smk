@@ -1,30 +1,45 @@
 # Helpers of workflow/rules/features.smk: which slides each group extraction job embeds, and where
 # it stages their stores (the design is explained at the top of features.smk).
 
-from pipeline.staging import store_attrs
+from pipeline.store import write_text
 
 FEATURES = config["features"]
 SLIDES_PER_JOB = int(FEATURES["slides_per_job"])
 
 
 def staged_path(encoder, slide):
-    return f"{RESULTS}/staging/features/{encoder}/{slide}.zarr"
+    return f"{staging_dir(encoder)}/{slide}.zarr"
 
 
-def pending_groups(encoder):
-    """Group id -> slide ids, for the slides of ``encoder`` whose feature store is missing."""
-    pending = [
-        s for s in sorted(SLIDES) if not os.path.exists(features_path(encoder, s))
-    ]
+def staging_dir(encoder):
+    return f"{RESULTS}/staging/features/{encoder}"
+
+
+def plan_groups(encoder):
+    """Group id -> slide ids. A group, once formed, is kept in staging/.../group-ID.members and read
+    back by every later parse (also each cluster job's), so a slide stays in the group it was
+    embedded by. New groups are formed from the slides that are in no group and have no store.
+    """
+    folder = Path(staging_dir(encoder))
     groups = {}
-    for start in range(0, len(pending), SLIDES_PER_JOB):
-        members = pending[start : start + SLIDES_PER_JOB]
+    for path in sorted(folder.glob("group-*.members")):
+        members = [s for s in path.read_text().split() if s in SLIDES]
+        groups[path.name[len("group-") : -len(".members")]] = members
+    listed = {s for members in groups.values() for s in members}
+    new = [
+        s
+        for s in sorted(SLIDES)
+        if s not in listed and not os.path.exists(features_path(encoder, s))
+    ]
+    for start in range(0, len(new), SLIDES_PER_JOB):
+        members = new[start : start + SLIDES_PER_JOB]
         key = hashlib.sha256("\n".join([encoder, *members]).encode()).hexdigest()[:12]
+        write_text(folder / f"group-{key}.members", "\n".join(members) + "\n")
         groups[key] = members
     return groups
 
 
-GROUPS = {encoder: pending_groups(encoder) for encoder in ENCODERS}
+GROUPS = {encoder: plan_groups(encoder) for encoder in ENCODERS}
 GROUP_OF = {
     encoder: {s: key for key, members in groups.items() for s in members}
     for encoder, groups in GROUPS.items()
@@ -33,7 +48,7 @@ EXTRACT_GPU = 0 if FEATURES["device"] == "cpu" else 1
 
 
 def group_summary(encoder, key):
-    return f"{RESULTS}/staging/features/{encoder}/group-{key}.json"
+    return f"{staging_dir(encoder)}/group-{key}.json"
 
 
 def group_members(w):
@@ -55,11 +70,8 @@ def extract_settings(w):
 
 
 def group_input(w):
-    """The group summary a slide's store waits for (pending slide) or was made by (finished slide,
-    as its attrs record), so a finished store has the same inputs on every later run; ancient, as
-    the summary is written after the stores."""
-    if w.slide in GROUP_OF[w.encoder]:
-        return [ancient(group_summary(w.encoder, GROUP_OF[w.encoder][w.slide]))]
-    attrs = store_attrs(features_path(w.encoder, w.slide)) or {}
-    made_by = attrs.get("group_summary")
-    return [ancient(made_by)] if made_by and os.path.exists(made_by) else []
+    """The summary of the group that embeds (or embedded) the slide: the same path on every run,
+    so Snakemake sees the same inputs; ancient, as the summary is written after the stores. Slides
+    in no group (stores made before groups existed) have none."""
+    key = GROUP_OF[w.encoder].get(w.slide)
+    return [ancient(group_summary(w.encoder, key))] if key else []

@@ -11,13 +11,14 @@
 #   extract        the declared per-slide store: moves the staged store into place (a rename), or
 #                  embeds the slide on its own when no group staged it (e.g. a store to be redone
 #                  because its settings changed).
-# Groups are made, when the workflow is parsed, of the slides whose store does not exist yet
-# (sorted ids, slides_per_job at a time) and named by a hash of their members: slides already done
-# are in no group, so adding slides to the folder embeds only the new ones, and asking for one
-# slide's store runs its group (whose other slides then wait, staged, for the next run).
-# A finished store records the group summary it was made by (attr group_summary); its extract job
-# keeps that summary as an (ancient) input on every later run, because Snakemake re-runs a job whose
-# set of inputs changed. Keep results/staging/: its summaries are small; staged stores are moved out.
+# Groups are formed when the workflow is parsed, from the slides that have no store and are in no
+# group yet (sorted ids, slides_per_job at a time), named by a hash of their members and written to
+# staging/features/{encoder}/group-ID.members; every later parse (also a cluster job's) reads them
+# back, so a slide keeps its group for good and its extract job the same inputs on every run. Adding
+# slides forms new groups of only the new slides. Asking for one slide's store runs its group (the
+# other slides wait, staged, and are moved into place by the next run without embedding). A group
+# whose inputs change (re-tiled slides, other weights) re-embeds its slides with one model load.
+# Keep results/staging/: its .members and .json files are small, the staged stores are moved out.
 
 
 include: "feature_groups.smk"
