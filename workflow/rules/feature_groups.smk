@@ -15,40 +15,50 @@ def staging_dir(encoder):
     return f"{RESULTS}/staging/features/{encoder}"
 
 
+def group_summary(encoder, key):
+    return f"{staging_dir(encoder)}/group-{key}.json"
+
+
 def plan_groups(encoder):
-    """Group id -> slide ids. A group, once formed, is kept in staging/.../group-ID.members and read
-    back by every later parse (also each cluster job's), so a slide stays in the group it was
-    embedded by. New groups are formed from the slides that are in no group and have no store.
-    """
+    """(group id -> slide ids, slide id -> its group). A group, once formed, is kept in
+    staging/.../group-ID.members and read back by every later parse (also each cluster job's), so a
+    slide keeps its group and its extract job the same inputs. New groups are formed from the slides
+    without a store that are in no group, or whose group finished but whose staged store is gone
+    (a store deleted by hand); the later group wins."""
     folder = Path(staging_dir(encoder))
-    groups = {}
-    for path in sorted(folder.glob("group-*.members")):
-        members = [s for s in path.read_text().split() if s in SLIDES]
-        groups[path.name[len("group-") : -len(".members")]] = members
-    listed = {s for members in groups.values() for s in members}
-    new = [
+    files = sorted(
+        folder.glob("group-*.members"), key=lambda p: (p.stat().st_mtime_ns, p.name)
+    )
+    groups, owner = {}, {}
+    for path in files:
+        key = path.name[len("group-") : -len(".members")]
+        groups[key] = [s for s in path.read_text().split() if s in SLIDES]
+        owner.update({s: key for s in groups[key]})
+    todo = [
         s
         for s in sorted(SLIDES)
-        if s not in listed and not os.path.exists(features_path(encoder, s))
+        if not os.path.exists(features_path(encoder, s))
+        and (
+            s not in owner
+            or (
+                os.path.exists(group_summary(encoder, owner[s]))
+                and not os.path.exists(staged_path(encoder, s))
+            )
+        )
     ]
-    for start in range(0, len(new), SLIDES_PER_JOB):
-        members = new[start : start + SLIDES_PER_JOB]
+    for start in range(0, len(todo), SLIDES_PER_JOB):
+        members = todo[start : start + SLIDES_PER_JOB]
         key = hashlib.sha256("\n".join([encoder, *members]).encode()).hexdigest()[:12]
         write_text(folder / f"group-{key}.members", "\n".join(members) + "\n")
         groups[key] = members
-    return groups
+        owner.update({s: key for s in members})
+    return groups, owner
 
 
-GROUPS = {encoder: plan_groups(encoder) for encoder in ENCODERS}
-GROUP_OF = {
-    encoder: {s: key for key, members in groups.items() for s in members}
-    for encoder, groups in GROUPS.items()
-}
+PLANS = {encoder: plan_groups(encoder) for encoder in ENCODERS}
+GROUPS = {encoder: plan[0] for encoder, plan in PLANS.items()}
+GROUP_OF = {encoder: plan[1] for encoder, plan in PLANS.items()}
 EXTRACT_GPU = 0 if FEATURES["device"] == "cpu" else 1
-
-
-def group_summary(encoder, key):
-    return f"{staging_dir(encoder)}/group-{key}.json"
 
 
 def group_members(w):
