@@ -25,7 +25,7 @@ from pipeline.tilestore import read_tiles
 REPO = Path(__file__).resolve().parents[2]
 ENCODER = "efficientnet_lite0"
 # attrs that say how long a run took, or that differ by design between processes
-TIMING = {"extraction"}
+TIMING = {"extraction", "group_summary"}
 
 
 def grid(x0: int, y0: int, n: int, step: int = 128) -> list[tuple[int, int]]:
