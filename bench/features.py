@@ -18,6 +18,7 @@ are interleaved ``--repeat`` times and the best of each is kept, because a share
     .venv/bin/python bench/features.py                            # CPU: efficientnet_lite0, resnet50_trunc
     .venv/bin/python bench/features.py --device cuda              # GPU: resnet50_trunc, uni (bf16)
     .venv/bin/python bench/features.py --workers 0,1 --patches 256 --json out.json
+    .venv/bin/python bench/features.py --cohort 12    # workflow end to end vs model-only
 
 The slide is generated once with ``pipeline.synth`` and cached in ``--cache``; its tissue patches are
 found with the real tiling stage.
@@ -93,7 +94,7 @@ def time_model_only(encoder, batches, device, precision: str) -> float:
 
 
 def time_read_only(slide_path: Path, tiles, options) -> float:
-    from pipeline.features import PatchChunks, chunk_size, make_loader
+    from pipeline.patches import PatchChunks, chunk_size, make_loader
 
     size = chunk_size(options.batch_size, options.workers)
     dataset = PatchChunks(slide_path, tiles.coords, tiles.geometry(), size, tiles.attrs["reader"])
@@ -113,7 +114,7 @@ def time_end_to_end(slide_path: Path, tiles, encoder, options, out: Path) -> flo
 
 
 def preload(slide_path: Path, tiles, batch_size: int, pin: bool) -> list:
-    from pipeline.features import PatchChunks
+    from pipeline.patches import PatchChunks
 
     dataset = PatchChunks(slide_path, tiles.coords, tiles.geometry(), batch_size)
     batches = [dataset[i] for i in range(len(dataset))]
@@ -124,14 +125,10 @@ def preload(slide_path: Path, tiles, batch_size: int, pin: bool) -> list:
 def bench_encoder(name: str, args, slide_path: Path, tiles, work: Path) -> list[dict]:
     import torch
 
+    from pipeline.device import device_name, resolve_device, resolve_precision
     from pipeline.encoders import create_encoder
-    from pipeline.features import (
-        ExtractOptions,
-        configure_threads,
-        device_name,
-        resolve_device,
-        resolve_precision,
-    )
+    from pipeline.features import ExtractOptions
+    from pipeline.patches import configure_threads
 
     weights = "pretrained" if name == "efficientnet_lite0" else "random"
     encoder = create_encoder(name, weights)
@@ -220,7 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; best of each")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "wsi-mil-bench")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument(
+        "--cohort",
+        type=int,
+        metavar="N",
+        help="cohort mode: N small synthetic slides end to end through the workflow (Snakemake, "
+        "default settings, efficientnet_lite0) vs model-only compute on the same patches",
+    )
+    parser.add_argument("--cohort-slide-size", type=int, default=6144, help="px per side")
     args = parser.parse_args(argv)
+    if args.cohort:
+        from features_cohort import run_cohort
+
+        return run_cohort(args)
 
     cuda = args.device == "cuda"
     cores = len(os.sched_getaffinity(0))

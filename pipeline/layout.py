@@ -127,6 +127,17 @@ class Layout:
     def features(self, encoder: str, slide: str) -> str:
         return self._join("features", encoder, f"{slide}.zarr")
 
+    def staging_dir(self, encoder: str) -> str:
+        """Where group jobs stage stores before ``extract`` moves them (not Snakemake outputs)."""
+        return self._join("staging", "features", encoder)
+
+    def staged_features(self, encoder: str, slide: str) -> str:
+        return self._join("staging", "features", encoder, f"{slide}.zarr")
+
+    def group_summary(self, encoder: str, group: str) -> str:
+        """The summary a group job writes last (its declared output)."""
+        return self._join("staging", "features", encoder, f"group-{group}.json")
+
     # --- MIL ----------------------------------------------------------------------------------------
     def splits(self, task: str) -> str:
         return self._join("splits", f"{task}.csv")

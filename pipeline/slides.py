@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.errors import ConfigError, SlideReadError
+from pipeline.errors import ConfigError, PipelineError, SlideReadError
 
 Reader = Literal["auto", "openslide", "tiffslide"]
 
@@ -213,6 +213,7 @@ class PatchGeometry:
     read_size: int  # side read at that level, resized (area) to patch_size
 
     def as_attrs(self) -> dict[str, Any]:
+        """The fields as tile-store attrs (read back by :meth:`from_attrs`)."""
         return {
             "slide_mpp": self.slide_mpp,
             "target_mpp": self.target_mpp,
@@ -221,6 +222,20 @@ class PatchGeometry:
             "read_level": self.read_level,
             "read_size": self.read_size,
         }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], where: Any = "tile store") -> PatchGeometry:
+        """The geometry a tile store was cut with; one clear error when its attrs lack a field."""
+        kinds = {"slide_mpp": float, "target_mpp": float}
+        names = list(cls.__dataclass_fields__)
+        missing = [k for k in names if k not in attrs]
+        if missing:
+            raise PipelineError(
+                where,
+                f"tile store lacks the patch geometry ({', '.join(missing)})",
+                "Re-run `wsi-mil tile` for this slide.",
+            )
+        return cls(**{k: kinds.get(k, int)(attrs[k]) for k in names})
 
 
 def scale_factor(slide_mpp: float, target_mpp: float, tolerance: float) -> float:

@@ -175,6 +175,84 @@ class StoreWriter:
         """Set attrs; the store is published when the ``with`` block exits without error."""
         self.group.attrs.update(to_jsonable(dict(attrs)))
 
+    def publish(self, attrs: Mapping[str, Any]) -> Path:
+        """Set attrs and publish now (the same as leaving the ``with`` block), from any thread."""
+        self.close(attrs)
+        self._ctx.__exit__(None, None, None)
+        return self.final
+
+    def abort(self) -> None:
+        """Remove the temporary store; ``path`` keeps what it had before."""
+        with contextlib.suppress(RuntimeError):
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+class ChunkedRows:
+    """Buffers batches of rows and writes whole zarr chunks, so no chunk is recompressed once per
+    batch; with a :class:`WriteQueue` the writes run in its thread, overlapping the next batches."""
+
+    def __init__(
+        self, writer: StoreWriter, name: str, chunk_rows: int, queue: WriteQueue | None = None
+    ) -> None:
+        self.writer, self.name, self.chunk_rows, self.queue = writer, name, chunk_rows, queue
+        self.parts: list[np.ndarray] = []
+        self.pending = 0
+        self.start = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        self.parts.append(rows)
+        self.pending += len(rows)
+        if self.pending >= self.chunk_rows:
+            self.flush(whole_chunks=True)
+
+    def flush(self, whole_chunks: bool = False) -> None:
+        if not self.parts:
+            return
+        data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        n = (len(data) // self.chunk_rows) * self.chunk_rows if whole_chunks else len(data)
+        if n:
+            if self.queue is None:
+                self.writer.write(self.name, self.start, data[:n])
+            else:
+                self.queue.submit(self.writer.write, self.name, self.start, data[:n])
+            self.start += n
+        rest = data[n:]
+        self.parts = [rest] if len(rest) else []
+        self.pending = len(rest)
+
+
+class WriteQueue:
+    """One background thread running writes in submission order, so compressing and writing a store
+    overlaps with computing the next rows (or the next slide). At most ``max_pending`` writes wait,
+    which bounds memory; a failed write raises in the caller at the next ``submit`` or ``drain``."""
+
+    def __init__(self, max_pending: int = 4) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.max_pending = max_pending
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._pending: list = []
+
+    def submit(self, fn, *args) -> None:
+        while len(self._pending) >= self.max_pending:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        """Wait for every submitted write; re-raise the first failure."""
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def settle(self) -> None:
+        """Wait for every submitted write, ignoring failures (the caller is already failing)."""
+        while self._pending:
+            with contextlib.suppress(BaseException):
+                self._pending.pop(0).result()
+
+    def close(self) -> None:
+        """Let queued writes finish (a finished store is still published), then stop the thread."""
+        self._pool.shutdown(wait=True)
+
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """Attributes of a store; a clear error when the path is not a complete store."""

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from pipeline.device import native_bf16
-from pipeline.errors import PipelineError
+from pipeline.device import resolve_precision
 
 PRECISIONS = ("auto", "fp32", "bf16")
 INPUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -35,15 +34,11 @@ def training_precision(
     per-op casts cost more than they save, so ``auto`` stays fp32. The optimiser and its state, the
     loss, and the TransMIL landmark pseudo-inverse stay float32 in any case.
     """
-    name = name or "auto"
-    if name == "auto":
-        big = projection is None or projection >= BF16_MIN_PROJECTION
-        return "bf16" if big and native_bf16(device) else "fp32"
-    if name not in PRECISIONS:
-        raise PipelineError(
-            "mil.precision", f"unknown precision {name!r}", f"Use {' | '.join(PRECISIONS)}."
-        )
-    return name
+    big = projection is None or projection >= BF16_MIN_PROJECTION
+    preferred = "bf16" if big else "fp32"
+    return resolve_precision(
+        name or "auto", device, preferred, "mil.precision", PRECISIONS, cpu_autocast=True
+    )
 
 
 def seed_everything(seed: int) -> None:

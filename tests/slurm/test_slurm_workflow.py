@@ -131,8 +131,11 @@ def test_workflow_runs_through_slurm_with_the_repository_profile(cluster, e2e, w
         match = re.match(r"rule_(.+?)(_wildcards_|$)", job[3])
         by_rule.setdefault(match.group(1) if match else "?", []).append(job)
     assert len(by_rule.get("tile", [])) == NEW_SLIDES, acct
+    # the new slides are embedded by one group job (one GPU), then each store is moved into place
+    assert len(by_rule.get("extract_batch", [])) == 1, acct
+    assert all("gres/gpu=1" in job[2] for job in by_rule["extract_batch"]), acct
     assert len(by_rule.get("extract", [])) == NEW_SLIDES, acct
-    assert all("gres/gpu=1" in job[2] for job in by_rule["extract"]), acct
+    assert not any("gpu" in job[2] for job in by_rule["extract"]), acct
     folds = config["mil"]["folds"]
     assert len(by_rule.get("train", [])) == 2 * folds  # the baseline and its MHIM student
     assert all(job[1] == "COMPLETED" for job in jobs), acct
