@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from pipeline import __version__
+from pipeline.checkpoints import save_tensors
 from pipeline.device import autocast_context, native_bf16, resolve_device
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
@@ -39,7 +40,7 @@ from pipeline.mil.data import Bag, FeatureBank
 from pipeline.mil.metrics import OPTIMISTIC_NOTE
 from pipeline.mil.splits import fold_roles
 from pipeline.mil.tasks import Task
-from pipeline.store import atomic_path, write_json, write_text
+from pipeline.store import write_json, write_text
 
 log = get_logger("mil.train")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -484,8 +485,7 @@ def write_fold_outputs(outdir, model, model_meta, history, predictions, metrics)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # a re-run is incomplete until it is rewritten
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(state, tmp)
+    save_tensors(state, out / "model.pt")  # a full disk is one line naming the file
     write_json(out / "model.json", model_meta)
     write_text(out / "history.csv", history.to_csv(index=False))
     write_text(out / "predictions.csv", predictions.to_csv(index=False))
