@@ -152,8 +152,9 @@ def run_one(args, method: str, reference: bool) -> dict:
     import torch.nn.functional as F
 
     from pipeline.mil.data import FeatureBank
+    from pipeline.mil.loop import make_optimizer, train_step
     from pipeline.mil.models import create_mil_model, method_info
-    from pipeline.mil.train import INPUT_DTYPES, make_optimizer, train_step, training_precision
+    from pipeline.mil.precision import INPUT_DTYPES, training_precision
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -171,7 +172,7 @@ def run_one(args, method: str, reference: bool) -> dict:
         opt = torch.optim.Adam(params, lr=2e-4, weight_decay=1e-5, foreach=False)
         precision = "fp32"
     else:  # the trainer's optimiser and precision
-        opt = make_optimizer(params, {"lr": 2e-4, "weight_decay": 1e-5})
+        opt = make_optimizer(params, lr=2e-4, weight_decay=1e-5)
         precision = training_precision(args.precision, device)
     dtype = INPUT_DTYPES[precision]
     bank = FeatureBank(
@@ -284,7 +285,7 @@ def main() -> int:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"threads={args.threads}, load avg {os.getloadavg()[0]:.1f}"
     )
-    from pipeline.mil.train import training_precision
+    from pipeline.mil.precision import training_precision
 
     precision = training_precision(args.precision, torch.device("cpu"))
     print(f"calibration: 2900x1024x512 matmul at {calibrate_gflops():.1f} GFLOP/s")

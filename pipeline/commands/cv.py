@@ -23,58 +23,59 @@ HELP = "cross-validate a method (splits, baseline + MHIM per fold, summary) in o
 def add_arguments(parser) -> None:
     add_data_arguments(parser)
     parser.add_argument(
-        "--folds", type=int, default=None, help="number of folds (default: mil.folds, 5)"
+        "--folds", type=int, default=None, help="number of folds (default: mil.folds)"
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
 
 
 def run(args) -> int:
+    from pipeline import layout
     from pipeline.commands.train import setup
     from pipeline.log import get_logger
+    from pipeline.methods import method_info
     from pipeline.mil.evaluate import format_summary, summarize
-    from pipeline.mil.models import method_info
     from pipeline.mil.splits import make_splits, read_splits
     from pipeline.mil.train import prepare_data, train_fold
     from pipeline.store import write_json, write_text
 
     log = get_logger("cv")
-    cfg, task = setup(args)
-    folds = int(args.folds or cfg["folds"])
+    settings, task = setup(args)
+    folds = args.folds or settings.folds
     out = Path(args.output)
-    splits_path = out / "splits.csv"
+    splits_path = out / layout.SPLITS_CSV
     if splits_path.is_file():
         splits = read_splits(splits_path)
         log.info("reusing %s (%d folds)", splits_path, splits["fold"].nunique())
     else:
         strata, val_strata = task.case_strata()
-        splits = make_splits(
-            strata, folds, int(cfg["seed"]), float(cfg["val_fraction"]), val_strata
-        )
+        splits = make_splits(strata, folds, settings.seed, settings.val_fraction, val_strata)
         write_text(splits_path, splits.to_csv(index=False))
     bags, _, report = prepare_data(task, args.features)
     baseline = method_info(args.method)["baseline"]
     for method in [m for m in (baseline, args.method) if m]:
         fold_dirs = []
         for fold in sorted(splits["fold"].unique()):
-            fold_dir = out / method / f"fold{fold}"
+            fold_dir = out / method / layout.fold_name(fold)
             fold_dirs.append(fold_dir)
-            if (fold_dir / "metrics.json").is_file():
+            if layout.fold_complete(fold_dir):
                 log.info("%s fold %d already complete in %s; kept", method, fold, fold_dir)
                 continue
-            teacher = out / baseline / f"fold{fold}" if method != baseline and baseline else None
+            teacher = (
+                out / baseline / layout.fold_name(fold) if method != baseline and baseline else None
+            )
             train_fold(
                 task,
                 bags,
                 splits,
                 fold,
                 method,
-                cfg,
+                settings,
                 outdir=fold_dir,
                 teacher_init=teacher,
                 device=args.device,
                 data_report=report,
             )
         summary = summarize(fold_dirs)
-        write_json(out / method / "summary.json", summary)
+        write_json(out / method / layout.SUMMARY_JSON, summary)
         log.info("%s", format_summary(summary))
     return 0

@@ -5,6 +5,8 @@ is `test` in exactly one fold; in the other folds it is `train` or `val` (val = 
 epoch and the decision threshold). Classification tables (slide_id,case_id,label) are stratified by the
 case's label (the majority over its slides); survival tables (case_id,time,event) by event x quantile time
 bin, the validation part by event. All methods of a task share this file, so they see the same folds.
+Folds, seed, validation fraction and survival bins come from the `mil` section of --config (the schema
+defaults without it), like every other command; the flags override them.
 """
 
 from __future__ import annotations
@@ -23,43 +25,53 @@ def add_arguments(parser) -> None:
         help="labels.csv (slide_id,case_id,label) or survival.csv (case_id,time,event)",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="splits CSV to write")
-    parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config YAML (its `mil` section gives the defaults)",
+    )
+    parser.add_argument("--folds", type=int, default=None, help="number of folds (mil.folds)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (mil.seed)")
     parser.add_argument(
         "--val-fraction",
         type=float,
-        default=0.15,
-        help="fraction of each training part used for validation (default 0.15)",
+        default=None,
+        help="fraction of each training part used for validation (mil.val_fraction)",
     )
     add_task_type_argument(parser)
     parser.add_argument(
         "--survival-bins",
         type=int,
-        default=4,
-        help="time bins used to stratify survival folds (default 4)",
+        default=None,
+        help="time bins used to stratify survival folds (mil.survival_bins)",
     )
 
 
 def run(args) -> int:
-    from pipeline.errors import PipelineError
     from pipeline.log import get_logger
     from pipeline.mil.splits import make_splits
     from pipeline.mil.tasks import build_task
+    from pipeline.settings import mil_settings
     from pipeline.store import write_text
 
     log = get_logger("splits")
-    if not 0 < args.val_fraction < 0.5:
-        raise PipelineError(
-            "--val-fraction", f"{args.val_fraction} is outside (0, 0.5)", "Use e.g. 0.15."
-        )
-    if args.folds < 2:
-        raise PipelineError("--folds", f"{args.folds} folds", "Use 2 or more.")
-    task = build_task(args.task_type, args.table, n_bins=args.survival_bins)
+    flags = {
+        "folds": args.folds,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "survival_bins": args.survival_bins,
+    }
+    # flags override the config; the schema checks them (one line naming a bad value)
+    settings = mil_settings(args.config, {k: v for k, v in flags.items() if v is not None})
+    task = build_task(args.task_type, args.table, n_bins=settings.survival_bins)
     strata, val_strata = task.case_strata()
-    splits = make_splits(strata, args.folds, args.seed, args.val_fraction, val_strata)
+    splits = make_splits(strata, settings.folds, settings.seed, settings.val_fraction, val_strata)
     write_text(args.output, splits.to_csv(index=False))
     counts = splits.groupby(["fold", "role"]).size().unstack(fill_value=0)
-    log.info("%d cases, %d %s folds written to %s", strata.size, args.folds, task.type, args.output)
+    log.info(
+        "%d cases, %d %s folds written to %s", strata.size, settings.folds, task.type, args.output
+    )
     for fold, row in counts.iterrows():
         log.info(
             "fold %d: %s", fold, ", ".join(f"{r} {row.get(r, 0)}" for r in ("train", "val", "test"))

@@ -21,23 +21,25 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from pipeline.errors import PipelineError
+    from pipeline.layout import summary_parts
     from pipeline.log import get_logger
     from pipeline.mil.evaluate import summary_table
     from pipeline.store import write_text
 
+    parts = []
     for path in args.summaries:
         if not path.is_file():
             raise PipelineError(path, "summary not found", "Run `wsi-mil evaluate` for it first.")
-        if len(path.resolve().parts) < 5 or path.resolve().parts[-5] != "mil":
+        parts.append(summary_parts(path))
+        if parts[-1] is None:
             raise PipelineError(
                 path,
                 "not laid out as mil/{task}/{encoder}/{method}/summary.json",
                 "Pass the summaries the workflow wrote.",
             )
     table = summary_table(args.summaries)
-    parts = [p.resolve().parts for p in args.summaries]
-    table.insert(0, "task", [p[-4] for p in parts])
-    table.insert(1, "encoder", [p[-3] for p in parts])
+    table.insert(0, "task", [p[0] for p in parts])
+    table.insert(1, "encoder", [p[1] for p in parts])
     moved = table.pop("method")
     table.insert(2, "method", moved)
     write_text(args.output, table.to_csv(index=False))

@@ -92,28 +92,26 @@ def add_arguments(parser) -> None:
 
 
 def setup(args):
-    """Config, threads and task shared by train and cv."""
+    """Typed ``mil`` settings (config + overrides), threads and task shared by train and cv."""
     import torch
 
-    from pipeline.mil.models import method_info
+    from pipeline.methods import method_info
     from pipeline.mil.tasks import build_task
-    from pipeline.mil.train import build_cfg
+    from pipeline.settings import mil_settings
 
     method_info(args.method)  # unknown method: one line before loading anything
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = build_cfg(args.config, args.overrides)
-    task = build_task(
-        args.task_type, args.labels, args.slides_table, n_bins=int(cfg["survival_bins"])
-    )
-    return cfg, task
+    settings = mil_settings(args.config, args.overrides)
+    task = build_task(args.task_type, args.labels, args.slides_table, n_bins=settings.survival_bins)
+    return settings, task
 
 
 def run(args) -> int:
     from pipeline.mil.splits import read_splits
     from pipeline.mil.train import prepare_data, train_fold
 
-    cfg, task = setup(args)
+    settings, task = setup(args)
     splits = read_splits(args.splits)
     bags, _, report = prepare_data(task, args.features)
     train_fold(
@@ -122,7 +120,7 @@ def run(args) -> int:
         splits,
         args.fold,
         args.method,
-        cfg,
+        settings,
         outdir=args.output,
         teacher_init=args.teacher_init,
         device=args.device,

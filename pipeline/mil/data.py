@@ -2,7 +2,7 @@
 
 A features directory holds one store per slide, named by the slide id (the file stem):
 
-* ``{slide}.zarr``  — ours (``features`` [N,D], ``coords`` [N,2]; DESIGN §3);
+* ``{slide}.zarr``  — ours (``features`` [N,D], ``coords`` [N,2]; docs/architecture.md, "Data contracts");
 * ``{slide}.h5``    — CLAM / TRIDENT (datasets ``features`` and ``coords``; a leading batch axis of 1 is dropped);
 * ``{slide}.pt``    — a tensor [N,D] (CLAM's ``pt_files``) or a dict with ``features`` (and ``coords``).
 

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.mil.folder import FoldFolder
 from pipeline.mil.metrics import OPTIMISTIC_NOTE, mean_std
 
 EFFICIENCY_KEYS = (
@@ -26,18 +27,6 @@ EFFICIENCY_KEYS = (
     "peak_gpu_mb",
     "inference_slides_per_second",
 )
-
-
-def read_fold(fold_dir: str | os.PathLike) -> dict[str, Any]:
-    """A fold's ``metrics.json``; a clear error when the fold has not finished."""
-    path = Path(fold_dir) / "metrics.json"
-    if not path.is_file():
-        raise PipelineError(
-            fold_dir,
-            "no metrics.json: this fold has not finished training",
-            "Run (or re-run) `wsi-mil train` for it.",
-        )
-    return json.loads(path.read_text())
 
 
 def _same(folds: list[dict], key: str, dirs: Sequence) -> Any:
@@ -55,7 +44,7 @@ def summarize(fold_dirs: Sequence[str | os.PathLike]) -> dict[str, Any]:
     """Mean ± std (ddof 0) over folds of every test metric and efficiency figure."""
     if not fold_dirs:
         raise PipelineError("evaluate", "no fold directory given", "Pass the fold{k} directories.")
-    folds = [read_fold(d) for d in fold_dirs]
+    folds = [FoldFolder(d).metrics() for d in fold_dirs]
     numbers = [f["fold"] for f in folds]
     if len(set(numbers)) < len(numbers):
         raise PipelineError("evaluate", f"fold numbers repeat: {numbers}", "Pass each fold once.")

@@ -46,7 +46,8 @@ from torch import nn
 
 from pipeline.checkpoints import state_dict_problems
 from pipeline.errors import PipelineError
-from pipeline.mil.models.common import Dropout, MILModel, TaskLoss, check_bag, resolve_cfg
+from pipeline.mil.models.common import Dropout, MILModel, TaskLoss, check_bag
+from pipeline.settings import MILSettings
 
 _EPS = 1e-9
 
@@ -169,42 +170,70 @@ class MHIM(MILModel):
     needs_teacher = True
 
     def __init__(
-        self, baseline: str, in_dim: int, n_outputs: int, cfg: dict[str, Any] | None = None
+        self,
+        baseline: str,
+        in_dim: int,
+        n_outputs: int,
+        *,
+        rhsm_ratio: float,
+        rhsm_decay: bool,
+        random_mask_ratio: float,
+        instance_score: str,
+        grn: bool,
+        grn_queries: int,
+        grn_momentum: float,
+        grn_at_inference: bool,
+        teacher_momentum: float,
+        consistency_weight: float,
+        temperature: float,
+        init_student_from_baseline: bool,
+        **baseline_kwargs: Any,
     ) -> None:
-        from pipeline.mil.models import create_mil_model, method_info
+        """``baseline_kwargs`` (``hidden_dim``, ``dropout``, model keys) build the student and the teacher."""
+        from pipeline.mil.models import method_info, model_class
 
         if method_info(baseline)["family"] in ("mhim", "msm"):
             raise PipelineError(
                 "mhim", f"cannot wrap '{baseline}'", "Use abmil, transmil or dsmil."
             )
-        base_cls = type(create_mil_model(baseline, 1, 1, {}))
+        base_cls = model_class(baseline)
+        # Earlier versions built a throwaway default baseline here (to find its class), which drew
+        # random numbers; drawing the same ones keeps seeded runs (`make demo`) identical to theirs.
+        defaults = MILSettings.defaults()
+        base_cls(1, 1, hidden_dim=defaults.hidden_dim, dropout=defaults.dropout)
         name = f"mhim_{baseline}"
-        cfg = resolve_cfg(cfg, base_cls.MODEL_KEYS, where=name)
-        super().__init__(in_dim, n_outputs, cfg)
+        super().__init__(in_dim, n_outputs)
         self.name, self.baseline = name, baseline
-        m = cfg["mhim"]
-        if m["instance_score"] not in ("class_aware", "attention"):
+        if instance_score not in ("class_aware", "attention"):
             raise PipelineError(
                 name,
-                f"mil.mhim.instance_score must be class_aware or attention, got "
-                f"{m['instance_score']!r}",
+                f"mil.mhim.instance_score must be class_aware or attention, got {instance_score!r}",
             )
-        for key in ("rhsm_ratio", "random_mask_ratio", "grn_momentum", "teacher_momentum"):
-            if not 0.0 <= float(m[key]) <= 1.0:
-                raise PipelineError(name, f"mil.mhim.{key} must be in [0, 1], got {m[key]!r}")
-        if float(m["random_mask_ratio"]) >= 1.0:
+        ratios = {
+            "rhsm_ratio": rhsm_ratio,
+            "random_mask_ratio": random_mask_ratio,
+            "grn_momentum": grn_momentum,
+            "teacher_momentum": teacher_momentum,
+        }
+        for key, value in ratios.items():
+            if not 0.0 <= float(value) <= 1.0:
+                raise PipelineError(name, f"mil.mhim.{key} must be in [0, 1], got {value!r}")
+        if float(random_mask_ratio) >= 1.0:
             raise PipelineError(
                 name, "mil.mhim.random_mask_ratio must be < 1 (it is the fraction MASKED)"
             )
-        self.mcfg = m
-        self.student = base_cls(in_dim, n_outputs, cfg)
-        self.teacher = base_cls(in_dim, n_outputs, cfg)
+        self.rhsm_ratio, self.rhsm_decay = float(rhsm_ratio), bool(rhsm_decay)
+        self.random_mask_ratio, self.instance_score = float(random_mask_ratio), instance_score
+        self.grn_momentum, self.grn_at_inference = float(grn_momentum), bool(grn_at_inference)
+        self.teacher_momentum = float(teacher_momentum)
+        self.consistency_weight, self.temperature = float(consistency_weight), float(temperature)
+        self.init_student_from_baseline = bool(init_student_from_baseline)
+        self.student = base_cls(in_dim, n_outputs, **baseline_kwargs)
+        self.teacher = base_cls(in_dim, n_outputs, **baseline_kwargs)
         self.teacher.load_state_dict(self.student.state_dict())  # no baseline given: a student copy
         self.teacher.requires_grad_(False)
         self.hidden_dim = self.student.hidden_dim
-        self.grn = (
-            GlobalRecycleNetwork(self.hidden_dim, int(m["grn_queries"])) if m["grn"] else None
-        )
+        self.grn = GlobalRecycleNetwork(self.hidden_dim, int(grn_queries)) if grn else None
         self._pending_queries: torch.Tensor | None = None
 
     # --- the contract ----------------------------------------------------------------------------
@@ -218,7 +247,7 @@ class MHIM(MILModel):
         """Inference path: student only, every instance, GRN tokens of the whole bag if configured."""
         x = check_bag(x, self.name)
         h = self.student.embed(x)
-        recycle = self.grn(h) if self.grn is not None and self.mcfg["grn_at_inference"] else None
+        recycle = self.grn(h) if self.grn is not None and self.grn_at_inference else None
         pooled = self._student_pool(h, recycle)
         out = {"logits": self.student.classify(pooled), "embedding": pooled["embedding"]}
         if "attention" in pooled:
@@ -229,9 +258,8 @@ class MHIM(MILModel):
         self, x: torch.Tensor, task_loss: TaskLoss, progress: float = 0.0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = check_bag(x, self.name)
-        m = self.mcfg
-        beta = rhsm_ratio_at(float(m["rhsm_ratio"]), progress, bool(m["rhsm_decay"]))
-        alpha = float(m["consistency_weight"])
+        beta = rhsm_ratio_at(self.rhsm_ratio, progress, self.rhsm_decay)
+        alpha = self.consistency_weight
         n = x.shape[0]
         scores = teacher_feats = None
         if beta > 0 or alpha > 0:
@@ -240,11 +268,11 @@ class MHIM(MILModel):
                 ht = self.teacher.embed(x)
                 pt = self.teacher.pool(ht)
                 if beta > 0:
-                    scores = self.teacher.instance_scores(ht, pt, m["instance_score"])
+                    scores = self.teacher.instance_scores(ht, pt, self.instance_score)
                 teacher_feats = self.teacher.consistency_features(pt)
         if scores is None:
             scores = torch.zeros(n, device=x.device)
-        split = mhim_masks(scores, beta, float(m["random_mask_ratio"]))
+        split = mhim_masks(scores, beta, self.random_mask_ratio)
         n_keep, n_rec = split.keep.shape[0], split.recycled.shape[0]
         use_grn = self.grn is not None and n_rec > 0
         if n_keep == n:
@@ -264,9 +292,7 @@ class MHIM(MILModel):
         loss = self.student.task_objective(pooled, task_loss)
         if alpha > 0:
             student_feats = self.student.consistency_features(pooled)
-            loss = loss + alpha * consistency_loss(
-                student_feats, teacher_feats, float(m["temperature"])
-            )
+            loss = loss + alpha * consistency_loss(student_feats, teacher_feats, self.temperature)
         out = {
             "logits": self.student.classify(pooled),
             "embedding": pooled["embedding"],
@@ -279,12 +305,12 @@ class MHIM(MILModel):
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
         """EMA: teacher <- lambda * teacher + (1 - lambda) * student; GRN queries towards their output."""
-        lam = float(self.mcfg["teacher_momentum"])
+        lam = self.teacher_momentum
         t_params = list(self.teacher.parameters())
         s_params = [p.detach() for p in self.student.parameters()]
         torch._foreach_lerp_(t_params, s_params, 1.0 - lam)
         if self.grn is not None and self._pending_queries is not None:
-            self.grn.ema_update(self._pending_queries, float(self.mcfg["grn_momentum"]))
+            self.grn.ema_update(self._pending_queries, self.grn_momentum)
         self._pending_queries = None
 
     def load_teacher(
@@ -300,5 +326,5 @@ class MHIM(MILModel):
                 "features and mil settings (hidden_dim and model keys).",
             )
         self.teacher.load_state_dict(state_dict)
-        if self.mcfg["init_student_from_baseline"]:
+        if self.init_student_from_baseline:
             self.student.projection.load_state_dict(self.teacher.projection.state_dict())

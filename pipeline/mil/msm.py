@@ -1,6 +1,6 @@
 """MSM-MIL (Wang et al., 2026): multi-stage masked MIL with mask stacking.
 
-Only the abstract is public, so this is our reading of it (DESIGN §6): a gated-attention model gives the
+Only the abstract is public, so this is our reading of it (see docs/architecture.md, method notes): a gated-attention model gives the
 first bag embedding and, through its most-attended instances, the first mask; each further stage attends
 over the instances not masked yet and stacks its own top instances onto the mask, so later stages are
 pushed towards patterns the earlier ones did not use; the stage embeddings are pooled by a second gated
@@ -10,23 +10,20 @@ Choices the abstract leaves open: the stages share the instance projection and t
 (tanh(Vh) * sigmoid(Uh)) and each stage has its own scoring vector; every stage masks
 ``ceil(mil.msm.mask_ratio * N)`` new instances (never fewer than one instance is left for the next stage);
 ``mil.msm.stages`` stages; masks are chosen by attention, so training and inference behave the same. The
-loss is the task loss of the final prediction. Model keys: ``attention_dim`` (128), ``activation`` (gelu).
+loss is the task loss of the final prediction. Model keys: ``attention_dim``, ``activation``.
 ``instance_scores`` = sum over stages of (stage weight * that stage's instance attention).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.mil.models.abmil import AttentionPool
-from pipeline.mil.models.common import MILModel, init_weights, make_projection, resolve_cfg
-
-MSM_KEYS = {"attention_dim": 128, "activation": "gelu"}
+from pipeline.mil.models.common import MILModel, init_weights, make_projection
 
 
 def stage_mask_count(n: int, mask_ratio: float) -> int:
@@ -60,25 +57,31 @@ def stage_masks(logits: torch.Tensor, mask_ratio: float) -> torch.Tensor:
 class MSMMIL(MILModel):
     """Shared projection -> S masked gated-attention stages -> gated attention over stages -> Linear."""
 
-    MODEL_KEYS = MSM_KEYS
-
-    def __init__(self, in_dim: int, n_outputs: int, cfg: dict[str, Any] | None = None) -> None:
-        cfg = resolve_cfg(cfg, MSM_KEYS, where="msm")
-        super().__init__(in_dim, n_outputs, cfg)
+    def __init__(
+        self,
+        in_dim: int,
+        n_outputs: int,
+        *,
+        hidden_dim: int,
+        dropout: float,
+        stages: int,
+        mask_ratio: float,
+        attention_dim: int = 128,
+        activation: str = "gelu",
+    ) -> None:
+        super().__init__(in_dim, n_outputs)
         self.name = "msm"
-        self.stages = int(cfg["msm"]["stages"])
-        self.mask_ratio = float(cfg["msm"]["mask_ratio"])
+        self.stages = int(stages)
+        self.mask_ratio = float(mask_ratio)
         if self.stages < 1 or not 0.0 < self.mask_ratio < 1.0:
             raise PipelineError(
                 "msm",
                 f"need mil.msm.stages >= 1 and 0 < mask_ratio < 1, got "
                 f"{self.stages}, {self.mask_ratio}",
             )
-        dim, adim = int(cfg["hidden_dim"]), int(cfg["attention_dim"])
+        dim, adim = int(hidden_dim), int(attention_dim)
         self.hidden_dim, self.attention_dim = dim, adim
-        self.projection = make_projection(
-            in_dim, [dim], cfg["activation"], float(cfg["dropout"]), "msm"
-        )
+        self.projection = make_projection(in_dim, [dim], activation, float(dropout), "msm")
         self.gate = nn.Linear(dim, 2 * adim)  # V and U of the gated attention, shared by the stages
         self.stage_score = nn.Linear(adim, self.stages)  # one scoring vector per stage
         self.stage_pool = AttentionPool(dim, adim, gated=True)

@@ -1,6 +1,6 @@
-"""Apply a trained fold model to new slides (an external cohort): rebuild it from ``model.json`` + ``model.pt``.
+"""Apply a trained fold model to new slides (an external cohort), rebuilt by :class:`FoldFolder`.
 
-``model.json`` (written beside the state dict by the trainer) records the method, input dimension,
+The fold's ``model.json`` (written beside the state dict by the trainer) records the method, input dimension,
 number of outputs, the ``mil`` config it was built with and the task (class names and the binary
 threshold chosen on the validation part; or the survival bin edges), which is all that is needed to
 rebuild the network without the training data. With a labels/survival table the cohort is also scored
@@ -9,8 +9,6 @@ rebuild the network without the training data. With a labels/survival table the 
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,8 @@ from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil.data import Bag, FeatureBank
+from pipeline.mil.folder import FoldFolder
+from pipeline.mil.inference import run_inference
 from pipeline.mil.tasks import (
     ClassificationTask,
     SurvivalTask,
@@ -27,38 +27,8 @@ from pipeline.mil.tasks import (
     read_table,
     task_from_metadata,
 )
-from pipeline.mil.train import run_inference
 
 log = get_logger("mil.predict")
-
-
-def load_trained(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """``(model in eval mode, model.json dict)`` of a fold directory."""
-    from pipeline.mil.models import create_mil_model
-
-    d = Path(model_dir)
-    meta_path, weights = d / "model.json", d / "model.pt"
-    if not meta_path.is_file() or not weights.is_file():
-        raise PipelineError(
-            d,
-            "no trained model here (model.json and model.pt expected)",
-            "Pass a fold directory written by `wsi-mil train`.",
-        )
-    meta = json.loads(meta_path.read_text())
-    model = create_mil_model(
-        meta["method"], int(meta["in_dim"]), int(meta["n_outputs"]), meta["cfg"]
-    )
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise PipelineError(
-            weights,
-            f"weights do not fit the {meta['method']} model ({err})",
-            "model.pt and model.json must come from the same training run.",
-        ) from err
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
-    return model.to(device).eval(), meta
 
 
 def labelled_task(task: Task, labels, slides_table) -> Task:
@@ -93,7 +63,7 @@ def predict(
 ) -> dict[str, Any]:
     """Scores for every slide/case of ``features_dir``; metrics too when ``labels`` is given."""
     device = resolve_device(device)
-    model, meta = load_trained(model_dir, device)
+    model, meta = FoldFolder(model_dir).load_model(device)
     task = task_from_metadata(meta["task"])
     if labels is not None:
         task = labelled_task(task, labels, slides_table)
@@ -146,7 +116,7 @@ def write_instance_scores(model_dir, features_dir, outdir, device="auto") -> int
     from pipeline.store import write_store
 
     device = resolve_device(device)
-    model, meta = load_trained(model_dir, device)
+    model, meta = FoldFolder(model_dir).load_model(device)
     bank = FeatureBank.load(features_dir)
     written = 0
     for slide in bank.slides:

@@ -1,6 +1,6 @@
 """K-fold splits by case, stratified, with a validation part carved from each training part.
 
-File format (``results/splits/{task}.csv``, DESIGN §3): one row per (case, fold) with columns
+File format (``results/splits/{task}.csv``; docs/architecture.md, "Data contracts"): one row per (case, fold) with columns
 ``case_id, fold, role``; ``fold`` is 0..K-1 and ``role`` is ``train``, ``val`` or ``test``. So a 5-fold
 file has 5 rows per case: ``test`` in exactly one fold, ``val`` or ``train`` in the others. Every method
 of a task reads the same file, so all of them see the same folds; slides follow their case (a case never

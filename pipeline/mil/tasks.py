@@ -27,12 +27,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipeline import tables
+from pipeline import layout, tables
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil import metrics as M
 from pipeline.mil import survival as S
 from pipeline.mil.data import Bag, FeatureBank
+from pipeline.settings import MILSettings
 
 log = get_logger("mil.task")
 TASK_TYPES = ("classification", "survival")
@@ -92,8 +93,8 @@ class Task:
     def case_strata(self) -> tuple[pd.Series, pd.Series]:
         raise NotImplementedError
 
-    def configure(self, cfg: dict[str, Any]) -> None:
-        """Take task settings from the ``mil`` config (the binary threshold policy)."""
+    def configure(self, settings: MILSettings) -> None:
+        """Take task settings from the ``mil`` settings (the binary threshold policy)."""
 
     def fit(self, train_bags: Sequence[Bag]) -> None:
         """Learn label encodings from the training part (nothing for classification)."""
@@ -220,8 +221,8 @@ class ClassificationTask(Task):
     def selection_score(self, bags: Sequence[Bag], outputs: np.ndarray) -> float:
         return M.auc(self._labels(bags), outputs) if len(bags) else float("nan")
 
-    def configure(self, cfg: dict[str, Any]) -> None:
-        self.threshold_policy = cfg.get("threshold", "youden")
+    def configure(self, settings: MILSettings) -> None:
+        self.threshold_policy = settings.threshold
 
     def metrics(self, parts, threshold_role):
         """Per role: AUC, accuracy, balanced accuracy, F1 at the Youden threshold of ``threshold_role``
@@ -484,4 +485,6 @@ def task_from_metadata(meta: dict[str, Any], slides: pd.DataFrame | None = None)
         return task
     if meta["type"] == "survival":
         return SurvivalTask(None, slides, n_bins=meta["n_bins"], edges=meta.get("bin_edges"))
-    raise PipelineError("model.json", f"unknown task type '{meta['type']}'", "Re-train the model.")
+    raise PipelineError(
+        layout.MODEL_META, f"unknown task type '{meta['type']}'", "Re-train the model."
+    )

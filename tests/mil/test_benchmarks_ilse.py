@@ -21,7 +21,8 @@ import pytest
 from pipeline.mil.data import FeatureBank
 from pipeline.mil.splits import make_splits
 from pipeline.mil.tasks import ClassificationTask
-from pipeline.mil.train import build_cfg, train_fold
+from pipeline.mil.train import train_fold
+from pipeline.settings import mil_settings
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mil-benchmarks"
 REPEATS = 3
@@ -75,7 +76,7 @@ def test_abmil_accuracy_matches_ilse(name, precision):
 def cv_accuracies(task, arrays, seed: int, precision: str) -> list[float]:
     """Test accuracy of each of 10 folds; ``seed`` draws both the folds and the model initialisation."""
     splits = make_splits(task.case_strata()[0], folds=10, seed=seed, val_fraction=0.1)
-    cfg = build_cfg(None, [*SETTINGS, f"seed={seed}", f"precision={precision}"])
+    cfg = mil_settings(None, [*SETTINGS, f"seed={seed}", f"precision={precision}"])
     accuracies = []
     for fold in range(10):
         part = splits[splits.fold == fold]
@@ -85,7 +86,7 @@ def cv_accuracies(task, arrays, seed: int, precision: str) -> list[float]:
         std[std == 0] = 1.0
         bank = FeatureBank.from_arrays({k: (v - mean) / std for k, v in arrays.items()})
         result = train_fold(task, task.make_bags(bank), splits, fold, "abmil", cfg, device="cpu")
-        assert result["threshold"] == 0.5
-        assert result["efficiency"]["precision"] == precision
-        accuracies.append(result["test"]["accuracy"])
+        assert result.metrics["threshold"] == 0.5
+        assert result.metrics["efficiency"]["precision"] == precision
+        accuracies.append(result.metrics["test"]["accuracy"])
     return accuracies

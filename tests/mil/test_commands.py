@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.mil import folder as folder_module
 from pipeline.mil import train as train_module
+from pipeline.settings import mil_settings
 
 from .conftest import survival_bags, write_features
 
@@ -176,19 +178,19 @@ def test_teacher_missing_or_mismatched_fails_with_one_line(cohort, tmp_path, cap
 
 def test_interrupted_training_leaves_no_complete_looking_output(cohort, tmp_path, monkeypatch):
     out = tmp_path / "fold0"
-    real = train_module.write_json
+    real = folder_module.write_json
 
     def fail_on_metrics(path, data):
         if str(path).endswith("metrics.json"):
             raise KeyboardInterrupt  # the job dies while publishing
         real(path, data)
 
-    monkeypatch.setattr(train_module, "write_json", fail_on_metrics)
+    monkeypatch.setattr(folder_module, "write_json", fail_on_metrics)
     with pytest.raises(KeyboardInterrupt):
         train_module.train_fold(*_fold_inputs(cohort), outdir=out, device="cpu")
     assert not (out / "metrics.json").exists()  # the fold does not look complete
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left behind
-    monkeypatch.setattr(train_module, "write_json", real)
+    monkeypatch.setattr(folder_module, "write_json", real)
     assert _train(cohort, out) == 0 and (out / "metrics.json").exists()
 
 
@@ -199,7 +201,7 @@ def _fold_inputs(cohort):
     work, features, _, _ = cohort
     task = ClassificationTask.from_csv(work / "labels.csv")
     bags, _, _ = train_module.prepare_data(task, features)
-    cfg = train_module.build_cfg(None, FAST)
+    cfg = mil_settings(None, FAST)
     return task, bags, read_splits(work / "splits.csv"), 0, "abmil", cfg
 
 

@@ -165,7 +165,7 @@ def test_inference_is_student_only_without_masking(name):
     h = model.student.embed(x)  # every instance + the GRN tokens of the whole bag
     expected = model.student.classify(model.student.pool(torch.cat([h, model.grn(h)])))
     torch.testing.assert_close(first, expected)
-    model.mcfg["grn_at_inference"] = False
+    model.grn_at_inference = False
     torch.testing.assert_close(model(x)["logits"], model.student(x)["logits"])
 
 

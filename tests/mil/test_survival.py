@@ -13,7 +13,8 @@ from pipeline.mil import survival as S
 from pipeline.mil.data import FeatureBank
 from pipeline.mil.splits import make_splits
 from pipeline.mil.tasks import SurvivalTask
-from pipeline.mil.train import build_cfg, train_fold
+from pipeline.mil.train import train_fold
+from pipeline.settings import mil_settings
 
 from .conftest import survival_bags
 
@@ -141,11 +142,11 @@ def test_abmil_learns_risk_from_tumour_burden():
     bags = task.make_bags(bank)
     strata, val_strata = task.case_strata()
     splits = make_splits(strata, 3, 0, 0.2, val_strata)
-    cfg = build_cfg(None, ["epochs=25", "patience=10", "hidden_dim=32", "lr=2e-3"])
+    cfg = mil_settings(None, ["epochs=25", "patience=10", "hidden_dim=32", "lr=2e-3"])
     scores = []
     for fold in range(3):
         result = train_fold(task, bags, splits, fold, "abmil", cfg, device="cpu")
-        scores.append(result["test"]["c_index"])
-        pred = result["predictions"]
+        scores.append(result.metrics["test"]["c_index"])
+        pred = result.predictions
         assert {"case_id", "slide_ids", "time", "event", "risk", "survival_0"} <= set(pred.columns)
     assert np.mean(scores) >= 0.65, scores

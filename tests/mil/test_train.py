@@ -13,7 +13,8 @@ from pipeline.mil.metrics import classification_metrics, youden_threshold
 from pipeline.mil.models import method_info
 from pipeline.mil.splits import make_splits
 from pipeline.mil.tasks import ClassificationTask
-from pipeline.mil.train import build_cfg, train_fold
+from pipeline.mil.train import train_fold
+from pipeline.settings import mil_settings
 
 from .conftest import planted_bags
 
@@ -37,7 +38,7 @@ def planted_run(tmp_path_factory):
     bags = task.make_bags(FeatureBank.from_arrays(arrays))
     strata, val_strata = task.case_strata()
     splits = make_splits(strata, 3, 0, 0.3, val_strata)
-    cfg = build_cfg(None, ["epochs=15", "patience=8", "hidden_dim=128", "lr=5e-4"])
+    cfg = mil_settings(None, ["epochs=15", "patience=8", "hidden_dim=128", "lr=5e-4"])
     root = tmp_path_factory.mktemp("planted")
     done: dict[str, dict] = {}
 
@@ -66,36 +67,38 @@ def planted_run(tmp_path_factory):
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_learns_a_planted_signal(planted_run, method):
     result = planted_run(method)
-    assert result["test"]["auc"] >= 0.9, result["test"]
-    test = result["predictions"].query("role == 'test'")
+    assert result.metrics["test"]["auc"] >= 0.9, result.metrics["test"]
+    test = result.predictions.query("role == 'test'")
     assert set(test.case_id) == planted_run.test_cases
-    assert result["n_bags"]["test"] == len(test) >= 40
+    assert result.metrics["n_bags"]["test"] == len(test) >= 40
     if method_info(method)["baseline"]:
-        assert result["teacher"].endswith(method_info(method)["baseline"])
+        assert result.metrics["teacher"].endswith(method_info(method)["baseline"])
 
 
 def test_selection_threshold_and_metrics_are_consistent(planted_run):
     result = planted_run("abmil")
-    hist, pred = result["history"], result["predictions"]
+    hist, pred = result.history, result.predictions
     # the restored model is the best epoch: its validation AUC is the best in the history
-    best = hist.loc[hist["epoch"] == result["best_epoch"]].iloc[0]
+    best = hist.loc[hist["epoch"] == result.metrics["best_epoch"]].iloc[0]
     val = pred[pred.role == "val"]
     labels = (val["label"] == "1").to_numpy().astype(int)
     probs = val[["score_0", "score_1"]].to_numpy()
     assert classification_metrics(labels, probs, 0.5)["auc"] == pytest.approx(best["val_auc"])
     assert best["val_auc"] == hist["val_auc"].max()
     # the decision threshold is Youden's on the validation part, and the test metrics use it
-    assert result["threshold"] == pytest.approx(youden_threshold(labels, probs[:, 1]))
+    assert result.metrics["threshold"] == pytest.approx(youden_threshold(labels, probs[:, 1]))
     test = pred[pred.role == "test"]
     y = (test["label"] == "1").to_numpy().astype(int)
     expected = classification_metrics(
-        y, test[["score_0", "score_1"]].to_numpy(), result["threshold"]
+        y, test[["score_0", "score_1"]].to_numpy(), result.metrics["threshold"]
     )
-    assert result["test"] == pytest.approx(expected)
-    assert (test["prediction"] == np.where(test["score_1"] >= result["threshold"], "1", "0")).all()
+    assert result.metrics["test"] == pytest.approx(expected)
+    assert (
+        test["prediction"] == np.where(test["score_1"] >= result.metrics["threshold"], "1", "0")
+    ).all()
     # efficiency figures a user compares across methods
-    eff = result["efficiency"]
-    assert eff["parameters"] == sum(p.numel() for p in result["model"].parameters())
+    eff = result.metrics["efficiency"]
+    assert eff["parameters"] == sum(p.numel() for p in result.model.parameters())
     assert eff["train_seconds_per_epoch"] > 0 and eff["peak_rss_mb"] > 0
     assert eff["inference_slides_per_second"] > 0
 
@@ -110,36 +113,36 @@ def _tiny():
 
 def test_cpu_training_is_deterministic():
     task, bags, splits = _tiny()
-    cfg = build_cfg(None, ["epochs=3", "hidden_dim=16"])
+    cfg = mil_settings(None, ["epochs=3", "hidden_dim=16"])
     a = train_fold(task, bags, splits, 1, "abmil", cfg, device="cpu")
     b = train_fold(task, bags, splits, 1, "abmil", cfg, device="cpu")
-    for key, value in a["model"].state_dict().items():
-        assert torch.equal(value, b["model"].state_dict()[key]), key
-    pd.testing.assert_frame_equal(a["predictions"], b["predictions"])
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
     c = train_fold(
-        task, bags, splits, 1, "abmil", build_cfg(None, ["epochs=3", "hidden_dim=16", "seed=5"])
+        task, bags, splits, 1, "abmil", mil_settings(None, ["epochs=3", "hidden_dim=16", "seed=5"])
     )
-    assert not c["predictions"]["score_1"].equals(a["predictions"]["score_1"])
+    assert not c.predictions["score_1"].equals(a.predictions["score_1"])
 
 
 def test_paper_protocol_selects_on_test_and_says_so():
     task, bags, splits = _tiny()
-    cfg = build_cfg(None, ["epochs=3", "hidden_dim=16", "protocol=paper"])
+    cfg = mil_settings(None, ["epochs=3", "hidden_dim=16", "protocol=paper"])
     result = train_fold(task, bags, splits, 0, "abmil", cfg, device="cpu")
-    assert result["optimistic"] is True and result["selection"] == "test"
-    assert "OPTIMISTIC" in result["note"]
-    assert "test_auc" in result["history"].columns
+    assert result.metrics["optimistic"] is True and result.metrics["selection"] == "test"
+    assert "OPTIMISTIC" in result.metrics["note"]
+    assert "test_auc" in result.history.columns
     # the whole training part (train + val) is trained on
     assert (
-        len(result["predictions"].query("role != 'test'"))
-        == result["n_bags"]["train"] + result["n_bags"]["val"]
+        len(result.predictions.query("role != 'test'"))
+        == result.metrics["n_bags"]["train"] + result.metrics["n_bags"]["val"]
     )
-    assert result["threshold_from"] == "test"
+    assert result.metrics["threshold_from"] == "test"
 
 
 def test_mhim_without_teacher_fails_loudly():
     task, bags, splits = _tiny()
-    cfg = build_cfg(None, ["epochs=1", "hidden_dim=16"])
+    cfg = mil_settings(None, ["epochs=1", "hidden_dim=16"])
     with pytest.raises(PipelineError, match="needs a teacher: the abmil model"):
         train_fold(task, bags, splits, 0, "mhim_abmil", cfg, device="cpu")
 
@@ -176,22 +179,24 @@ def test_multiclass_training_and_macro_auc():
     bags = task.make_bags(FeatureBank.from_arrays(arrays))
     splits = make_splits(task.case_strata()[0], 3, 0, 0.25)
     result = train_fold(
-        task, bags, splits, 0, "abmil", build_cfg(None, ["epochs=4", "hidden_dim=16"])
+        task, bags, splits, 0, "abmil", mil_settings(None, ["epochs=4", "hidden_dim=16"])
     )
-    test = result["predictions"].query("role == 'test'")
+    test = result.predictions.query("role == 'test'")
     probs = test[["score_a", "score_b", "score_c"]].to_numpy()
     y = test["label"].map(task.index).to_numpy()
-    assert result["test"]["auc"] == pytest.approx(
+    assert result.metrics["test"]["auc"] == pytest.approx(
         roc_auc_score(y, probs, multi_class="ovr", average="macro")
     )
-    assert result["test"]["f1"] == pytest.approx(f1_score(y, probs.argmax(1), average="macro"))
+    assert result.metrics["test"]["f1"] == pytest.approx(
+        f1_score(y, probs.argmax(1), average="macro")
+    )
     assert (test["prediction"] == np.array(task.classes)[probs.argmax(1)]).all()
-    assert result["threshold"] is None  # multi-class: argmax
+    assert result.metrics["threshold"] is None  # multi-class: argmax
 
 
 def test_precision_auto_is_bf16_exactly_where_bfloat16_is_native():
     from pipeline.device import native_bf16
-    from pipeline.mil.train import training_precision
+    from pipeline.mil.precision import training_precision
 
     cpu = torch.device("cpu")
     assert training_precision("auto", cpu, 1024 * 512) == ("bf16" if native_bf16(cpu) else "fp32")
@@ -210,18 +215,18 @@ def test_precision_is_recorded_and_both_precisions_are_deterministic(tmp_path):
     splits = make_splits(task.case_strata()[0], 3, 0, 0.25, task.case_strata()[1])
     runs = {}
     for precision in ("fp32", "bf16"):
-        cfg = build_cfg(None, ["epochs=3", "hidden_dim=16", f"precision={precision}"])
+        cfg = mil_settings(None, ["epochs=3", "hidden_dim=16", f"precision={precision}"])
         runs[precision] = train_fold(
             task, bags, splits, 0, "abmil", cfg, outdir=tmp_path / precision, device="cpu"
         )
-        assert runs[precision]["efficiency"]["precision"] == precision
+        assert runs[precision].metrics["efficiency"]["precision"] == precision
         meta = (tmp_path / precision / "model.json").read_text()
         assert f'"precision": "{precision}"' in meta
     for precision in ("fp32", "bf16"):  # both are deterministic on CPU
-        cfg = build_cfg(None, ["epochs=3", "hidden_dim=16", f"precision={precision}"])
+        cfg = mil_settings(None, ["epochs=3", "hidden_dim=16", f"precision={precision}"])
         again = train_fold(task, bags, splits, 0, "abmil", cfg, device="cpu")
-        pd.testing.assert_frame_equal(again["predictions"], runs[precision]["predictions"])
+        pd.testing.assert_frame_equal(again.predictions, runs[precision].predictions)
     # bf16 and fp32 runs differ only by rounding: same bags ranked alike
-    p32 = runs["fp32"]["predictions"].set_index("slide_id").filter(like="score").iloc[:, -1]
-    p16 = runs["bf16"]["predictions"].set_index("slide_id").filter(like="score").iloc[:, -1]
+    p32 = runs["fp32"].predictions.set_index("slide_id").filter(like="score").iloc[:, -1]
+    p16 = runs["bf16"].predictions.set_index("slide_id").filter(like="score").iloc[:, -1]
     assert np.corrcoef(p32, p16.loc[p32.index])[0, 1] > 0.9

@@ -1,14 +1,14 @@
 """AB-MIL (Ilse et al., ICML 2018): attention pooling, plain (tanh) or gated (tanh * sigmoid).
 
-Model keys (besides the standard ``mil`` section): ``embed_dims`` (list, default ``[hidden_dim]``: the
-instance projection widths; ``[256,128,64]`` with ``activation=relu`` and ``attention_dim=64`` is the MI-Net
-projection Ilse et al. used on Musk/Tiger), ``attention_dim`` (attention MLP width, default 128),
-``activation`` (``gelu`` default per DESIGN §6, or ``relu``).
+Model keys (keyword arguments besides ``hidden_dim`` and ``dropout``): ``embed_dims`` (list, default
+``[hidden_dim]``: the instance projection widths; ``[256,128,64]`` with ``activation=relu`` and
+``attention_dim=64`` is the MI-Net projection Ilse et al. used on Musk/Tiger), ``attention_dim`` (attention
+MLP width), ``activation`` (``gelu`` or ``relu``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +20,7 @@ from pipeline.mil.models.common import (
     int_list,
     make_projection,
     max_class_probability,
-    resolve_cfg,
 )
-
-ABMIL_KEYS = {"embed_dims": None, "attention_dim": 128, "activation": "gelu"}
 
 
 def class_aware_probability(
@@ -62,20 +59,26 @@ class AttentionPool(nn.Module):
 class ABMIL(MILModel):
     """Instance projection -> attention pooling -> linear classifier."""
 
-    MODEL_KEYS = ABMIL_KEYS
     gated = False
 
-    def __init__(self, in_dim: int, n_outputs: int, cfg: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        n_outputs: int,
+        *,
+        hidden_dim: int,
+        dropout: float,
+        embed_dims: Sequence[int] | str | None = None,
+        attention_dim: int = 128,
+        activation: str = "gelu",
+    ) -> None:
         name = "abmil_gated" if self.gated else "abmil"
-        cfg = resolve_cfg(cfg, ABMIL_KEYS, where=name)
-        super().__init__(in_dim, n_outputs, cfg)
+        super().__init__(in_dim, n_outputs)
         self.name = name
-        dims = int_list(cfg["embed_dims"], "embed_dims", name) or [int(cfg["hidden_dim"])]
+        dims = int_list(embed_dims, "embed_dims", name) or [int(hidden_dim)]
         self.hidden_dim = dims[-1]
-        self.projection = make_projection(
-            in_dim, dims, cfg["activation"], float(cfg["dropout"]), name
-        )
-        self.attention = AttentionPool(self.hidden_dim, int(cfg["attention_dim"]), self.gated)
+        self.projection = make_projection(in_dim, dims, activation, float(dropout), name)
+        self.attention = AttentionPool(self.hidden_dim, int(attention_dim), self.gated)
         self.classifier = nn.Linear(self.hidden_dim, n_outputs)
         init_weights(self)
 

@@ -1,4 +1,7 @@
-"""Pieces every MIL model shares: config resolution, the instance projection and the model contract.
+"""Pieces every MIL model shares: the instance projection and the model contract.
+
+Models take their hyper-parameters as keyword arguments (see each constructor); the registry
+(``pipeline.mil.models.create_mil_model``) fills them from the typed ``mil`` settings.
 
 Every model consumes one bag ``x: [N, D]`` and returns a dict with ``logits [1, C]`` and ``embedding
 [1, H]`` (the bag embedding just before the classifier). Baselines split their forward pass into
@@ -9,8 +12,6 @@ and score instances with the teacher, without each baseline re-implementing that
 
 from __future__ import annotations
 
-import copy
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,59 +21,6 @@ from torch import nn
 from pipeline.errors import PipelineError
 
 TaskLoss = Callable[[torch.Tensor], torch.Tensor]
-
-
-@functools.lru_cache(maxsize=1)
-def _mil_defaults() -> dict[str, Any]:
-    from pipeline.config import section
-
-    return section(None, "mil")
-
-
-def mil_defaults() -> dict[str, Any]:
-    """The schema defaults of the ``mil`` config section (a fresh copy)."""
-    return copy.deepcopy(_mil_defaults())
-
-
-def resolve_cfg(
-    cfg: Mapping[str, Any] | None, model_keys: Mapping[str, Any], where: str
-) -> dict[str, Any]:
-    """Merge ``cfg`` over the ``mil`` schema defaults plus this model's own keys.
-
-    Every standard ``mil`` key is accepted by every model (the trainer passes the whole section); keys
-    that are neither standard nor one of ``model_keys`` are rejected so a typo in a ``key=value``
-    override fails loudly instead of silently training the default model.
-    """
-    out = mil_defaults()
-    out.update(copy.deepcopy(dict(model_keys)))
-    for key, value in (cfg or {}).items():
-        if key in ("mhim", "msm"):
-            if value is None:
-                continue
-            if not isinstance(value, Mapping):
-                raise PipelineError(
-                    where, f"mil.{key} must be a mapping, got {value!r}", "See config.yaml."
-                )
-            unknown = sorted(set(value) - set(out[key]))
-            if unknown:
-                raise PipelineError(
-                    where,
-                    f"unknown key(s) mil.{key}.{', mil.{key}.'.join(unknown)}",
-                    f"Valid keys: {', '.join(sorted(out[key]))}.",
-                )
-            out[key].update(value)
-        elif key in out:
-            out[key] = value
-        else:
-            valid = sorted(k for k in out if k not in _mil_defaults())
-            raise PipelineError(
-                where,
-                f"unknown model key '{key}'",
-                "Model-specific keys: "
-                + (", ".join(valid) if valid else "none")
-                + "; standard keys are those of the mil config section.",
-            )
-    return out
 
 
 def int_list(value: Any, name: str, where: str) -> list[int] | None:
@@ -139,7 +87,7 @@ class Dropout(nn.Dropout):
 def make_projection(
     in_dim: int, dims: list[int], activation: str, dropout: float, where: str
 ) -> nn.Sequential:
-    """Instance projection: (Linear -> activation -> dropout) per entry of ``dims`` (DESIGN §6 uses one, D->512)."""
+    """Instance projection: (Linear -> activation -> dropout) per entry of ``dims`` (one D->hidden_dim layer by default)."""
     if activation not in ACTIVATIONS:
         raise PipelineError(
             where, f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
@@ -188,11 +136,10 @@ class MILModel(nn.Module):
     name = "mil"
     needs_teacher = False
 
-    def __init__(self, in_dim: int, n_outputs: int, cfg: dict[str, Any]) -> None:
+    def __init__(self, in_dim: int, n_outputs: int) -> None:
         super().__init__()
         self.in_dim = in_dim
         self.n_outputs = n_outputs
-        self.cfg = cfg
 
     # --- pieces used by the MHIM wrapper -------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Each class's critical instance is the one its instance classifier scores highest; every instance is
 weighted by the similarity of its query to that critical query, the class-wise bag representations go
-through a Conv1d bag classifier. Model keys (besides the standard ``mil`` section): ``query_dim`` (128),
-``activation`` (``gelu``), ``loss_mix``: ``losses`` (default: 0.5 * loss(bag) + 0.5 * loss(max-instance),
+through a Conv1d bag classifier. Model keys (keyword arguments besides ``hidden_dim`` and ``dropout``):
+``query_dim``, ``activation``, ``loss_mix``: ``losses`` (default: 0.5 * loss(bag) + 0.5 * loss(max-instance),
 as the DSMIL code trains) or ``logits`` (loss of 0.5 * (bag + max-instance) logits, as the MHIM code does).
 Prediction logits are 0.5 * (bag + max-instance) logits in both cases.
 """
@@ -11,7 +11,6 @@ Prediction logits are 0.5 * (bag + max-instance) logits in both cases.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,30 +22,31 @@ from pipeline.mil.models.common import (
     init_weights,
     make_projection,
     max_class_probability,
-    resolve_cfg,
 )
-
-DSMIL_KEYS = {"query_dim": 128, "activation": "gelu", "loss_mix": "losses"}
 
 
 class DSMIL(MILModel):
     """Projection -> instance classifier (max) + critical-instance attention -> Conv1d bag classifier."""
 
-    MODEL_KEYS = DSMIL_KEYS
-
-    def __init__(self, in_dim: int, n_outputs: int, cfg: dict[str, Any] | None = None) -> None:
-        cfg = resolve_cfg(cfg, DSMIL_KEYS, where="dsmil")
-        super().__init__(in_dim, n_outputs, cfg)
+    def __init__(
+        self,
+        in_dim: int,
+        n_outputs: int,
+        *,
+        hidden_dim: int,
+        dropout: float,
+        query_dim: int = 128,
+        activation: str = "gelu",
+        loss_mix: str = "losses",
+    ) -> None:
+        super().__init__(in_dim, n_outputs)
         self.name = "dsmil"
-        if cfg["loss_mix"] not in ("losses", "logits"):
-            raise PipelineError(
-                "dsmil", f"loss_mix must be 'losses' or 'logits', got {cfg['loss_mix']!r}"
-            )
-        dim, qd = int(cfg["hidden_dim"]), int(cfg["query_dim"])
+        if loss_mix not in ("losses", "logits"):
+            raise PipelineError("dsmil", f"loss_mix must be 'losses' or 'logits', got {loss_mix!r}")
+        self.loss_mix = loss_mix
+        dim, qd = int(hidden_dim), int(query_dim)
         self.hidden_dim = dim
-        self.projection = make_projection(
-            in_dim, [dim], cfg["activation"], float(cfg["dropout"]), self.name
-        )
+        self.projection = make_projection(in_dim, [dim], activation, float(dropout), self.name)
         self.instance_classifier = nn.Linear(dim, n_outputs)
         self.query = nn.Sequential(nn.Linear(dim, qd), nn.ReLU(), nn.Linear(qd, qd), nn.Tanh())
         self.value = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
@@ -77,7 +77,7 @@ class DSMIL(MILModel):
         return 0.5 * (pooled["bag_logits"] + pooled["max_instance_logits"])
 
     def task_objective(self, pooled: dict[str, torch.Tensor], task_loss: TaskLoss) -> torch.Tensor:
-        if self.cfg["loss_mix"] == "logits":
+        if self.loss_mix == "logits":
             return task_loss(self.classify(pooled))
         return 0.5 * task_loss(pooled["bag_logits"]) + 0.5 * task_loss(
             pooled["max_instance_logits"]

@@ -1,8 +1,8 @@
 """TransMIL (Shao et al., NeurIPS 2021): CLS token, two Nystrom self-attention layers, PPEG between them.
 
-Model keys (besides the standard ``mil`` section): ``heads`` (8), ``landmarks`` (256), ``pinv_iterations``
-(6, the Moore-Penrose iterations of the Nystromformer), ``attention_dropout`` (0.1), ``ppeg`` (true),
-``activation`` (``gelu``).
+Model keys (keyword arguments besides ``hidden_dim`` and ``dropout``): ``heads``, ``landmarks``,
+``pinv_iterations`` (the Moore-Penrose iterations of the Nystromformer), ``attention_dropout``, ``ppeg``,
+``activation``.
 
 Two deliberate differences from the lucidrains ``nystrom_attention`` code that TransMIL and MHIM ship:
 sequences no longer than ``landmarks`` use exact softmax attention (the reference pads them with up to
@@ -14,7 +14,6 @@ and 3x3 depthwise convolutions plus identity are applied as one summed 7x7 kerne
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,17 +26,7 @@ from pipeline.mil.models.common import (
     init_weights,
     make_projection,
     max_class_probability,
-    resolve_cfg,
 )
-
-TRANSMIL_KEYS = {
-    "heads": 8,
-    "landmarks": 256,
-    "pinv_iterations": 6,
-    "attention_dropout": 0.1,
-    "ppeg": True,
-    "activation": "gelu",
-}
 
 
 class _Softmax(torch.autograd.Function):
@@ -301,27 +290,29 @@ class PPEG(nn.Module):
 class TransMIL(MILModel):
     """Projection -> [CLS; instances] -> Nystrom layer -> PPEG -> Nystrom layer -> LayerNorm -> CLS -> Linear."""
 
-    MODEL_KEYS = TRANSMIL_KEYS
-
-    def __init__(self, in_dim: int, n_outputs: int, cfg: dict[str, Any] | None = None) -> None:
-        cfg = resolve_cfg(cfg, TRANSMIL_KEYS, where="transmil")
-        super().__init__(in_dim, n_outputs, cfg)
+    def __init__(
+        self,
+        in_dim: int,
+        n_outputs: int,
+        *,
+        hidden_dim: int,
+        dropout: float,
+        heads: int = 8,
+        landmarks: int = 256,
+        pinv_iterations: int = 6,
+        attention_dropout: float = 0.1,
+        ppeg: bool = True,
+        activation: str = "gelu",
+    ) -> None:
+        super().__init__(in_dim, n_outputs)
         self.name = "transmil"
-        dim = int(cfg["hidden_dim"])
+        dim = int(hidden_dim)
         self.hidden_dim = dim
-        self.projection = make_projection(
-            in_dim, [dim], cfg["activation"], float(cfg["dropout"]), self.name
-        )
+        self.projection = make_projection(in_dim, [dim], activation, float(dropout), self.name)
         self.cls_token = nn.Parameter(torch.randn(1, dim))
-        args = (
-            dim,
-            int(cfg["heads"]),
-            int(cfg["landmarks"]),
-            int(cfg["pinv_iterations"]),
-            float(cfg["attention_dropout"]),
-        )
+        args = (dim, int(heads), int(landmarks), int(pinv_iterations), float(attention_dropout))
         self.norm1, self.attn1 = nn.LayerNorm(dim), NystromAttention(*args)
-        self.ppeg = PPEG(dim) if cfg["ppeg"] else None
+        self.ppeg = PPEG(dim) if ppeg else None
         self.norm2, self.attn2 = nn.LayerNorm(dim), NystromAttention(*args)
         self.norm = nn.LayerNorm(dim)
         self.classifier = nn.Linear(dim, n_outputs)

@@ -1,0 +1,141 @@
+"""One fold folder's files: the only code that writes or reads ``model.pt``, ``model.json``, ``history.csv``,
+``predictions.csv`` and ``metrics.json`` (their names come from :mod:`pipeline.layout`).
+
+Each file is written atomically and ``metrics.json`` last, so a fold is complete exactly when its
+metrics exist; a re-run first removes them. ``model.json`` records what is needed to rebuild the network
+without the training data (method, input dimension, outputs, the ``mil`` settings, the task), so
+``wsi-mil predict`` and an MHIM teacher load a fold the same way. Torch is imported only to save/load
+weights, so summaries and reports can read folds without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline import layout
+from pipeline.checkpoints import load_tensors, save_tensors
+from pipeline.errors import PipelineError
+from pipeline.store import write_json, write_text
+
+
+class FoldFolder:
+    """The files of one trained fold (``.../{method}/fold{k}/``)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"FoldFolder({str(self.path)!r})"
+
+    def file(self, key: str) -> Path:
+        """A file by its key in :data:`pipeline.layout.FOLD_FILES` (``model``, ``metrics`` ...)."""
+        return layout.fold_file(self.path, key)
+
+    @property
+    def complete(self) -> bool:
+        return layout.fold_complete(self.path)
+
+    # --- writing ----------------------------------------------------------------------------------
+    def write(
+        self,
+        model: Any,
+        meta: dict[str, Any],
+        history: pd.DataFrame,
+        predictions: pd.DataFrame,
+        metrics: dict[str, Any],
+    ) -> None:
+        """model.pt (state dict), model.json, history.csv, predictions.csv, then metrics.json — each atomic."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file("metrics").unlink(missing_ok=True)  # a re-run is incomplete until it is rewritten
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_tensors(state, self.file("model"))  # a full disk is one line naming model.pt
+        write_json(self.file("model_json"), meta)
+        write_text(self.file("history"), history.to_csv(index=False))
+        write_text(self.file("predictions"), predictions.to_csv(index=False))
+        write_json(self.file("metrics"), metrics)
+
+    # --- reading ----------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json``; a clear error when the fold has not finished."""
+        path = self.file("metrics")
+        if not path.is_file():
+            raise PipelineError(
+                self.path,
+                f"no {layout.METRICS}: this fold has not finished training",
+                "Run (or re-run) `wsi-mil train` for it.",
+            )
+        return json.loads(path.read_text())
+
+    def predictions(self) -> pd.DataFrame:
+        return pd.read_csv(self.file("predictions"))
+
+    def _checkpoint(self, cause: str, remedy: str) -> tuple[dict[str, Any], Path]:
+        """``(model.json dict, model.pt path)``; ``cause``/``remedy`` say what is wrong when either is absent."""
+        meta_path, weights = self.file("model_json"), self.file("model")
+        if not meta_path.is_file() or not weights.is_file():
+            raise PipelineError(
+                self.path,
+                f"{cause} ({layout.MODEL_WEIGHTS} and {layout.MODEL_META} expected)",
+                remedy,
+            )
+        return json.loads(meta_path.read_text()), weights
+
+    def load_model(self, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
+        """``(model in eval mode on device, model.json dict)``, rebuilt from model.json + model.pt."""
+        import torch
+
+        from pipeline.device import resolve_device
+        from pipeline.mil.models import create_mil_model
+
+        meta, weights = self._checkpoint(
+            "no trained model here", "Pass a fold directory written by `wsi-mil train`."
+        )
+        model = create_mil_model(
+            meta["method"], int(meta["in_dim"]), int(meta["n_outputs"]), meta["cfg"]
+        )
+        state = load_tensors(weights, "model weights", "Re-train this fold.")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise PipelineError(
+                weights,
+                f"weights do not fit the {meta['method']} model ({err})",
+                f"{layout.MODEL_WEIGHTS} and {layout.MODEL_META} must come from the same training run.",
+            ) from err
+        device = resolve_device(device) if not isinstance(device, torch.device) else device
+        return model.to(device).eval(), meta
+
+    def teacher_state(
+        self, method: str, baseline: str, fold: int | None, in_dim: int, n_outputs: int
+    ) -> dict[str, Any]:
+        """The state dict of this fold's ``baseline`` model, to initialise ``method``'s teacher.
+
+        Every mismatch (another method, fold, feature width or number of outputs) is a PipelineError.
+        """
+
+        meta, weights = self._checkpoint(
+            "teacher checkpoint not found",
+            f"Train the {baseline} baseline of this fold into {self.path} first.",
+        )
+        problems = []
+        if meta.get("method") != baseline:
+            problems.append(f"it is a {meta.get('method')} model, {method} needs {baseline}")
+        if fold is not None and meta.get("fold") is not None and int(meta["fold"]) != int(fold):
+            problems.append(f"it was trained on fold {meta['fold']}, this is fold {fold}")
+        if int(meta.get("in_dim", -1)) != in_dim or int(meta.get("n_outputs", -1)) != n_outputs:
+            problems.append(
+                f"it has in_dim {meta.get('in_dim')} / {meta.get('n_outputs')} outputs, "
+                f"this run {in_dim} / {n_outputs}"
+            )
+        if problems:
+            raise PipelineError(
+                self.path,
+                "teacher checkpoint does not match: " + "; ".join(problems),
+                f"Pass --teacher-init with the {baseline} model of fold {fold}.",
+            )
+        return load_tensors(weights, "teacher weights", "Re-train the baseline.")
