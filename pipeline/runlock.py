@@ -37,6 +37,8 @@ def claim_workdir(workdir: str | os.PathLike = ".") -> str | None:
     """
     import fcntl
 
+    if _held:  # parsed again in the same process: it holds the lock already
+        return None
     state = Path(workdir) / ".snakemake"
     marks = state / "locks"
     try:
