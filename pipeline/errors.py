@@ -81,7 +81,7 @@ def io_error(err: OSError, path: object = None) -> FileSystemError:
     """
     import errno
 
-    where = err.filename if err.filename is not None else path
+    where = _published_name(err.filename) if err.filename is not None else path
     code = errno.errorcode.get(err.errno or -1, "")
     text = (err.strerror or str(err) or type(err).__name__).rstrip(".")
     cause = f"{text} ({code})" if code else text
@@ -92,3 +92,16 @@ def io_error(err: OSError, path: object = None) -> FileSystemError:
         cause,
         _IO_REMEDIES.get(code, "Check the path and the disk it is on, then re-run."),
     )
+
+
+def _published_name(filename: object) -> object:
+    """The output a temporary belongs to: ``out/.s.zarr.tmp-123-0a1b2c3d/features/c/0`` → ``out/s.zarr``.
+
+    Outputs are written under a hidden temporary sibling (``pipeline.store``); a user has never seen
+    that name, and it is gone by the time they read the message.
+    """
+    import re
+
+    text = str(filename)
+    match = re.search(r"(^|/)\.([^/]+)\.tmp-\d+-[0-9a-f]{8}(/|$)", text)
+    return text[: match.start()] + match.group(1) + match.group(2) if match else filename
