@@ -224,14 +224,16 @@ def read_view(
     return out
 
 
-def draw_contours(
+def contour_layer(
     rgb: np.ndarray, view: View, slide_mpp: float, segmentation: dict[str, Any]
-) -> None:
-    """Tissue outlines found on the picture itself with the tiling's threshold and area filters."""
+) -> np.ndarray | None:
+    """Tissue outlines (a 0/1 layer) found on the slide picture BEFORE the scores are blended in,
+    with the tiling's threshold, area and artefact filters (the colour map's blues and greens would
+    otherwise read as tissue or pen ink)."""
     fields = TissueParams.__dataclass_fields__
     params = {k: segmentation[k] for k in fields if k in segmentation}
     if len(params) != len(fields):
-        return
+        return None
     params.update(
         use_otsu=False, sthresh=int(round(segmentation.get("threshold", params["sthresh"])))
     )
@@ -242,7 +244,7 @@ def draw_contours(
     cv2.drawContours(layer, [h for hs in tissue.holes for h in hs], -1, 1, line)
     # tissue cut by the picture's edge (a region) is not an outline: leave the border undrawn
     layer[:line], layer[-line:], layer[:, :line], layer[:, -line:] = 0, 0, 0, 0
-    rgb[layer > 0] = _CONTOUR
+    return layer
 
 
 def render_heatmap(
@@ -265,11 +267,14 @@ def render_heatmap(
     lut = colour_lut(options.cmap)
     view, out_mpp = choose_view(slide, slide_mpp, options)
     rgb = read_view(slide, slide_mpp, view, out_mpp)
+    layer = None
+    if options.contours and tiles.get("segmentation"):
+        layer = contour_layer(rgb, view, slide_mpp, tiles["segmentation"])
     mean, count = paint(store.coords, values, store.patch_size_level0, view)
     blend(rgb, mean, count, lut, options.alpha)
     del mean, count
-    if options.contours and tiles.get("segmentation"):
-        draw_contours(rgb, view, slide_mpp, tiles["segmentation"])
+    if layer is not None:
+        rgb[layer > 0] = _CONTOUR
     a = store.attrs
     caption = [
         f"{store.slide_id}  label {a.get('label')}  prediction {_fmt(a.get('prediction'))}  "

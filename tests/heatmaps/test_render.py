@@ -60,7 +60,7 @@ def test_top_patch_drawn_at_its_coordinates_in_top_colour(planted, tiled_slide, 
     store = read_score_store(planted["store"])
     lut = colour_lut("jet")
     with open_slide(tiled_slide["path"]) as slide:
-        pic = render_heatmap(slide, store, RenderOptions(alpha=alpha))
+        pic = render_heatmap(slide, store, RenderOptions(alpha=alpha, contours=False))
         background = render_heatmap(slide, store, RenderOptions(alpha=0.0, contours=False))
     k = 2048 / 3072  # long side 3072 px -> 2048 px
     assert (pic.view.out_w, pic.view.out_h) == (2048, 1536)
@@ -95,11 +95,35 @@ def test_region_at_level0_puts_the_patch_at_its_offset(planted, tiled_slide):
     ).all()
 
 
+def test_contours_outline_the_tissue_not_the_colour_map(planted, tiled_slide):
+    """Outlines come from the slide picture before blending: the same pixels whatever the scores,
+    and none in a render of the same slide with contours off."""
+    store = read_score_store(planted["store"])
+    with open_slide(tiled_slide["path"]) as slide:
+        a = render_heatmap(slide, store, RenderOptions(score="attention", alpha=1.0))
+        b = render_heatmap(slide, store, RenderOptions(score="other", alpha=1.0))
+        off = render_heatmap(
+            slide, store, RenderOptions(score="attention", alpha=1.0, contours=False)
+        )
+    line_a = (a.rgb != off.rgb).any(-1)
+    assert line_a.sum() > 100  # there is an outline
+    assert ((b.rgb != render_heatmap_off(tiled_slide, store, "other")).any(-1) == line_a).all()
+
+
+def render_heatmap_off(tiled_slide, store, score):
+    with open_slide(tiled_slide["path"]) as slide:
+        return render_heatmap(
+            slide, store, RenderOptions(score=score, alpha=1.0, contours=False)
+        ).rgb
+
+
 def test_raw_normalisation_and_bad_options(planted, tiled_slide):
     store = read_score_store(planted["store"])
     with open_slide(tiled_slide["path"]) as slide:
         pic = render_heatmap(
-            slide, store, RenderOptions(normalise="raw", vmin=0.0, vmax=1.0, alpha=1.0)
+            slide,
+            store,
+            RenderOptions(normalise="raw", vmin=0.0, vmax=1.0, alpha=1.0, contours=False),
         )
         x, y = tiled_slide["coords"][planted["low"]]  # -5 clips to the bottom colour
         assert (_patch_pixels(pic, x, y, 2048 / 3072) == colour_lut("jet")[0]).all()
@@ -182,10 +206,11 @@ def test_model_to_picture(tiled_slide, tmp_path):
     assert store.attrs["prediction"] == pytest.approx(p, rel=1e-5)
     assert store.attrs["provenance"]["fold"] == 0
     png = tmp_path / "H1.png"
-    draw_slide(store_path, png, tmp_path / "H1_gallery.png", options=RenderOptions(alpha=1.0), k=2)
+    options = RenderOptions(alpha=1.0, contours=False)
+    draw_slide(store_path, png, tmp_path / "H1_gallery.png", options=options, k=2)
     rgb = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
     with open_slide(tiled_slide["path"]) as slide:
-        top = render_heatmap(slide, store, RenderOptions(alpha=1.0)).top
+        top = render_heatmap(slide, store, options).top
     x, y = coords[int(np.argmax(expected))]
     k = 2048 / 3072
     cy, cx = top + int((y + SIZE0 / 2) * k), int((x + SIZE0 / 2) * k)
