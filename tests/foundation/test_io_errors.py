@@ -23,6 +23,15 @@ FULL = (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _logging_outside_capsys():
+    """The CLI's log handler keeps the stderr it was made with: make it before capsys swaps stderr,
+    as other test modules expect (their capsys sees only the CLI's own lines)."""
+    from pipeline.log import setup_logging
+
+    setup_logging()
+
+
 def _run(capsys, *argv) -> tuple[int, list[str]]:
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err.splitlines()

@@ -22,6 +22,15 @@ FAST = ["epochs=2", "patience=2", "hidden_dim=8"]
 N_BAD = 3  # NaN rows planted in slide000; slide001 is Inf everywhere
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _logging_outside_capsys():
+    """The CLI's log handler keeps the stderr it was made with: make it before capsys swaps stderr,
+    as other test modules expect (their capsys sees only the CLI's own lines)."""
+    from pipeline.log import setup_logging
+
+    setup_logging()
+
+
 def _cli(capsys, *argv) -> tuple[int, list[str]]:
     """Exit status and the error lines on stderr (in-process: an uncaught exception fails the test)."""
     code = main([str(a) for a in argv])
