@@ -17,6 +17,13 @@ sys.path.insert(
     0, workflow.basedir
 )  # the `pipeline` package, also when snakemake is installed alone
 from pipeline.config import config_errors
+from pipeline import lifeline, runlock
+
+# Recovery from a hard kill (README, "Stopping and resuming"): jobs stop when this process dies, and
+# lock marks left by a killed run are cleared when no other run of this workflow is alive here.
+lifeline.export_for_jobs()
+if getattr(workflow, "is_main_process", True) and (note := runlock.claim_workdir()):
+    print(note, file=sys.stderr)
 
 
 configfile: "config.yaml"

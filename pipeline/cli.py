@@ -13,8 +13,8 @@ import pkgutil
 import signal
 import sys
 
-from pipeline import __version__, commands
-from pipeline.errors import PipelineError
+from pipeline import __version__, commands, lifeline
+from pipeline.errors import PipelineError, io_error
 from pipeline.log import setup_logging
 
 
@@ -52,16 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.verbose)
     signal.signal(signal.SIGTERM, _terminate)
+    lifeline.watch()  # under Snakemake: stop when the Snakemake process that started us is gone
     try:
         return int(args._run(args) or 0)
     except PipelineError as err:
         print(err.line(), file=sys.stderr)
         return 1
+    except OSError as err:  # disk full, no permission, I/O error: one line naming the file
+        print(io_error(err, getattr(args, "output", None)).line(), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("ERROR: interrupted; no partial output was published.", file=sys.stderr)
         return 130
     except Terminated:
-        print("ERROR: terminated (SIGTERM); no partial output was published.", file=sys.stderr)
+        why = lifeline.reason[0] if lifeline.reason else "terminated (SIGTERM)"
+        print(f"ERROR: {why}; no partial output was published.", file=sys.stderr)
         return 143
 
 

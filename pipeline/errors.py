@@ -52,3 +52,56 @@ class SlideReadError(PipelineError):
     The only kind the workflow may record as a failed slide (``--record-failure``) so the other
     slides carry on; ``where`` is the slide's path.
     """
+
+
+class FileSystemError(PipelineError):
+    """Writing or reading a file failed at the operating system (disk full, no permission, I/O error).
+
+    Not the input's fault and the same for every slide on that disk, so it is never recorded as a
+    failed slide; nothing half-written is published (outputs are written to a temporary name first).
+    """
+
+
+_IO_REMEDIES = {
+    "ENOSPC": "The disk is full: free space there (df -h) or write the results elsewhere, then re-run.",
+    "EDQUOT": "Your disk quota is used up: free space (quota -s) or write elsewhere, then re-run.",
+    "EACCES": "You may not write or read there: check the permissions, or use another folder.",
+    "EPERM": "You may not write or read there: check the permissions, or use another folder.",
+    "EROFS": "The file system is read-only: write the results elsewhere.",
+    "ENOENT": "Check that the path exists.",
+    "EIO": "The disk reported an I/O error: check the disk (dmesg), then re-run.",
+}
+
+
+def io_error(err: OSError, path: object = None) -> FileSystemError:
+    """The one-line form of an ``OSError``: the file it names (else ``path``), the cause, what to do.
+
+    Errors from ``write()`` on an open file carry no file name; callers that know what they were
+    writing pass it as ``path``.
+    """
+    import errno
+
+    where = _published_name(err.filename) if err.filename is not None else path
+    code = errno.errorcode.get(err.errno or -1, "")
+    text = (err.strerror or str(err) or type(err).__name__).rstrip(".")
+    cause = f"{text} ({code})" if code else text
+    if err.filename2 is not None:
+        cause += f" (with {err.filename2})"
+    return FileSystemError(
+        where if where is not None else "(file system)",
+        cause,
+        _IO_REMEDIES.get(code, "Check the path and the disk it is on, then re-run."),
+    )
+
+
+def _published_name(filename: object) -> object:
+    """The output a temporary belongs to: ``out/.s.zarr.tmp-123-0a1b2c3d/features/c/0`` → ``out/s.zarr``.
+
+    Outputs are written under a hidden temporary sibling (``pipeline.store``); a user has never seen
+    that name, and it is gone by the time they read the message.
+    """
+    import re
+
+    text = str(filename)
+    match = re.search(r"(^|/)\.([^/]+)\.tmp-\d+-[0-9a-f]{8}(/|$)", text)
+    return text[: match.start()] + match.group(1) + match.group(2) if match else filename

@@ -81,8 +81,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             _remove(old)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
+        if isinstance(err, OSError) and (
+            err.filename is None or str(err.filename).startswith(str(tmp))
+        ):
+            err.filename = os.fspath(final)  # name the output, not a temporary (CLI: one line)
         raise
 
 

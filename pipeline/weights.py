@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoints import state_dict_problems
+from pipeline.checkpoints import load_error_cause, state_dict_problems
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 
@@ -270,7 +270,7 @@ def _read_one(path: Path) -> dict[str, Any]:
     except Exception as err:  # truncated file, wrong format, pickle with code objects
         raise PipelineError(
             path,
-            f"cannot read weights ({_first_line(err)})",
+            f"cannot read weights ({load_error_cause(err)})",
             "Check that the file is complete; .bin/.pth files must hold plain tensors "
             "(they are loaded with weights_only=True).",
         ) from err

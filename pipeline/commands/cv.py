@@ -8,6 +8,9 @@ For users without Snakemake. Features are read once for all folds. Writes:
   OUTDIR/{method}/summary.json            (as `wsi-mil evaluate`; also for the baseline)
 
 A fold whose metrics.json exists is complete and is not trained again, so an interrupted run resumes.
+What splits.csv and each method's folds were made from (table digests, folds, seed, validation
+fraction, the mil settings, the slides) is recorded beside them (``*.made-from.json``); a re-run with
+anything different stops with one line naming what changed instead of reusing them.
 Task inputs and key=value overrides are those of `wsi-mil train`.
 """
 
@@ -34,6 +37,7 @@ def run(args) -> int:
     from pipeline.log import get_logger
     from pipeline.methods import method_info
     from pipeline.mil.evaluate import format_summary, summarize
+    from pipeline.mil.provenance import check_or_record, file_digest
     from pipeline.mil.splits import make_splits, read_splits
     from pipeline.mil.train import prepare_data, train_fold
     from pipeline.store import write_json, write_text
@@ -43,6 +47,10 @@ def run(args) -> int:
     folds = args.folds or settings.folds
     out = Path(args.output)
     splits_path = out / layout.SPLITS_CSV
+    tables = {"labels": file_digest(args.labels), "slides_table": file_digest(args.slides_table)}
+    made = {"tables": tables, "task_type": task.type, "folds": folds, "seed": settings.seed}
+    made["val_fraction"] = settings.val_fraction  # what splits.csv is made from
+    check_or_record(splits_path, made, splits_path.is_file(), out)  # never reused silently
     if splits_path.is_file():
         splits = read_splits(splits_path)
         log.info("reusing %s (%d folds)", splits_path, splits["fold"].nunique())
@@ -52,7 +60,12 @@ def run(args) -> int:
         write_text(splits_path, splits.to_csv(index=False))
     bags, _, report = prepare_data(task, args.features)
     baseline = method_info(args.method)["baseline"]
+    mil = {k: v for k, v in settings.to_dict().items() if k != "methods"}
+    slides = sorted(s for bag in bags for s in bag.slide_ids)
     for method in [m for m in (baseline, args.method) if m]:
+        reused = any(layout.fold_complete(p) for p in (out / method).glob("fold*"))
+        record = {**made, "method": method, "mil": mil, "slides": slides}
+        check_or_record(out / method, record, reused, out)
         fold_dirs = []
         for fold in sorted(splits["fold"].unique()):
             fold_dir = out / method / layout.fold_name(fold)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.checkpoints import load_error_cause
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 
@@ -122,11 +123,27 @@ def read_feature_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray |
     except PipelineError:
         raise
     except Exception as err:  # damaged files: h5py/torch/zarr raise many types
-        raise PipelineError(p, f"cannot read features ({err})", "Re-extract this slide.") from err
+        cause = f"cannot read features ({load_error_cause(err)})"  # never torch's unsafe advice
+        raise PipelineError(p, cause, "Re-extract this slide.") from err
     feats = _squeeze(feats, p, "features")
     if coords is not None:
         coords = _squeeze(np.asarray(coords), p, "coords")
     return feats, coords
+
+
+def read_finite(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """:func:`read_feature_file` without the patches whose features hold NaN or Inf; their count.
+
+    The one policy for every command that reads features (train, cv, predict): a non-finite patch is
+    dropped (its row of coords too) and the slide kept with the rest; a slide with no finite patch is
+    left out like an empty one. NaN would otherwise make the loss NaN and give blank scores.
+    """
+    feats, coords = read_feature_file(path)
+    finite = np.isfinite(feats).all(axis=1) if feats.size else np.ones(len(feats), bool)
+    if finite.all():
+        return feats, coords, 0
+    keep = coords is not None and len(coords) == len(feats)
+    return feats[finite], (coords[finite] if keep else coords), int((~finite).sum())
 
 
 def _to_tensor(feats: np.ndarray, slide: str) -> torch.Tensor:
@@ -208,10 +225,15 @@ class FeatureBank:
             )
         n_loaded = 0
         for slide in present:
-            feats, _ = read_feature_file(files[slide])
+            feats, _, bad = read_finite(files[slide])
+            if bad:
+                kept = "left out" if feats.shape[0] == 0 else f"dropped, {feats.shape[0]} kept"
+                msg = "slide %s: %d patch(es) with NaN/Inf features in %s; %s"
+                log.warning(msg, slide, bad, files[slide], kept)
             if feats.shape[0] == 0:
                 bank.empty.append(slide)
-                log.warning("slide %s: feature store has 0 patches; left out", slide)
+                if not bad:
+                    log.warning("slide %s: feature store has 0 patches; left out", slide)
                 continue
             bank._check_dim(slide, feats.shape[1], files[slide])
             bank._paths[slide] = files[slide]
@@ -256,7 +278,7 @@ class FeatureBank:
         if slide in self._tensors:
             t = self._tensors[slide]
         elif slide in self._paths:
-            t = _to_tensor(read_feature_file(self._paths[slide])[0], slide)
+            t = _to_tensor(read_finite(self._paths[slide])[0], slide)
         else:
             raise KeyError(slide)
         if dtype is None or t.dtype == dtype:
@@ -270,7 +292,7 @@ class FeatureBank:
 
     def coords(self, slide: str) -> np.ndarray | None:
         """Patch coordinates of the slide from its store (None when the store has none)."""
-        return read_feature_file(self._paths[slide])[1] if slide in self._paths else None
+        return read_finite(self._paths[slide])[1] if slide in self._paths else None
 
 
 def _nbytes_fp16(path: Path) -> int:

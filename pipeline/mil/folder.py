@@ -18,8 +18,9 @@ from typing import Any
 import pandas as pd
 
 from pipeline import layout
+from pipeline.checkpoints import load_tensors, save_tensors
 from pipeline.errors import PipelineError
-from pipeline.store import atomic_path, write_json, write_text
+from pipeline.store import write_json, write_text
 
 
 class FoldFolder:
@@ -49,13 +50,10 @@ class FoldFolder:
         metrics: dict[str, Any],
     ) -> None:
         """model.pt (state dict), model.json, history.csv, predictions.csv, then metrics.json — each atomic."""
-        import torch
-
         self.path.mkdir(parents=True, exist_ok=True)
         self.file("metrics").unlink(missing_ok=True)  # a re-run is incomplete until it is rewritten
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        with atomic_path(self.file("model")) as tmp:
-            torch.save(state, tmp)
+        save_tensors(state, self.file("model"))  # a full disk is one line naming model.pt
         write_json(self.file("model_json"), meta)
         write_text(self.file("history"), history.to_csv(index=False))
         write_text(self.file("predictions"), predictions.to_csv(index=False))
@@ -100,7 +98,7 @@ class FoldFolder:
         model = create_mil_model(
             meta["method"], int(meta["in_dim"]), int(meta["n_outputs"]), meta["cfg"]
         )
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = load_tensors(weights, "model weights", "Re-train this fold.")
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
@@ -119,7 +117,6 @@ class FoldFolder:
 
         Every mismatch (another method, fold, feature width or number of outputs) is a PipelineError.
         """
-        import torch
 
         meta, weights = self._checkpoint(
             "teacher checkpoint not found",
@@ -141,9 +138,4 @@ class FoldFolder:
                 "teacher checkpoint does not match: " + "; ".join(problems),
                 f"Pass --teacher-init with the {baseline} model of fold {fold}.",
             )
-        try:
-            return torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise PipelineError(
-                weights, f"cannot read teacher weights ({err})", "Re-train the baseline."
-            ) from err
+        return load_tensors(weights, "teacher weights", "Re-train the baseline.")

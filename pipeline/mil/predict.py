@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.device import resolve_device
@@ -83,6 +84,13 @@ def predict(
         raise PipelineError(features_dir, "no slide to predict", "Check the features directory.")
     precision = meta.get("precision", "fp32")  # as trained, so fold predictions reproduce
     outputs, _, seconds = run_inference(model, task, bags, device, precision)
+    if not np.isfinite(outputs).all():  # never a label without a score
+        bad = [b.bag_id for b, row in zip(bags, outputs, strict=True) if not np.isfinite(row).all()]
+        raise PipelineError(
+            model_dir,
+            f"the model gave NaN/Inf scores for {len(bad)} bag(s) ({', '.join(bad[:5])})",
+            "No predictions were written; check that model and features are intact.",
+        )
     result: dict[str, Any] = {
         "predictions": task.prediction_frame(bags, outputs, None),
         "method": meta["method"],

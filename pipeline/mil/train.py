@@ -88,14 +88,20 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 def assign_roles(bags: Sequence[Bag], roles: dict[str, str]) -> dict[str, list[Bag]]:
-    """Bags per role of the fold; bags whose case is not in the splits are reported and left out."""
+    """Bags per role of the fold; a bag whose case is not in the splits means the splits were made
+    from another table (stale), which is an error, never a case quietly left out."""
     parts: dict[str, list[Bag]] = {role: [] for role in ROLES}
+    unsplit = sorted({bag.case_id for bag in bags if bag.case_id not in roles})
+    if unsplit:
+        raise PipelineError(
+            "splits",
+            f"{len(unsplit)} case(s) of the table are not in the splits file "
+            f"({', '.join(unsplit[:3])}{', ...' if len(unsplit) > 3 else ''}): "
+            "it was made from another table",
+            "Make the splits again from this table (`wsi-mil splits`).",
+        )
     for bag in bags:
-        role = roles.get(bag.case_id)
-        if role is None:
-            log.warning("case %s: not in the splits file; left out", bag.case_id)
-            continue
-        parts[role].append(bag)
+        parts[roles[bag.case_id]].append(bag)
     return parts
 
 

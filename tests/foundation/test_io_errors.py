@@ -1,0 +1,121 @@
+"""A full disk (or any other OS-level I/O failure) is the one-line error naming the file, never a
+traceback; nothing half-written is published; a bad weights file is one line that never suggests
+loading it with ``weights_only=False``."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import FileSystemError, io_error
+
+SLIDE = Path(__file__).resolve().parents[1] / "data" / "slides" / "CMU-1-Small-Region.svs"
+FULL = (
+    "No space left on device (ENOSPC). The disk is full: free space there (df -h) or write the "
+    "results elsewhere, then re-run."
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _logging_outside_capsys():
+    """The CLI's log handler keeps the stderr it was made with: make it before capsys swaps stderr,
+    as other test modules expect (their capsys sees only the CLI's own lines)."""
+    from pipeline.log import setup_logging
+
+    setup_logging()
+
+
+def _run(capsys, *argv) -> tuple[int, list[str]]:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.splitlines()
+    return code, [line for line in err if line.startswith("ERROR")]  # a traceback fails in-process
+
+
+def _leftovers(*folders: Path) -> list[str]:
+    return sorted(p.name for d in folders if d.exists() for p in d.iterdir())
+
+
+def test_tile_on_a_full_disk_is_one_line_naming_the_file(capsys, tmp_path, monkeypatch):
+    """``write()`` on an open file raises ENOSPC without a file name: the line names the output."""
+
+    def full_disk(self, data):
+        with open(self, "wb") as handle:
+            handle.write(data[:16])  # part of it reached the disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    out, qc = tmp_path / "tiles" / "s.zarr", tmp_path / "qc" / "s.png"
+    code, lines = _run(capsys, "tile", SLIDE, "-o", out, "--qc", qc)
+    assert code == 1
+    assert lines == [f"ERROR {qc}: {FULL}"]
+    assert _leftovers(out.parent, qc.parent) == []  # no store, no picture, no temporary
+
+
+def test_an_os_error_naming_its_file_keeps_that_name():
+    err = OSError(errno.EACCES, os.strerror(errno.EACCES), "/data/slides/a.svs")
+    assert io_error(err, "/results/tiles/a.zarr").line() == (
+        "ERROR /data/slides/a.svs: Permission denied (EACCES). You may not write or read there: "
+        "check the permissions, or use another folder."
+    )
+    assert isinstance(io_error(err), FileSystemError)
+    # a chunk inside a store's hidden temporary: the line names the store the user asked for
+    chunk = OSError(
+        errno.ENOSPC, os.strerror(errno.ENOSPC), "/r/f/.s1.zarr.tmp-42-0a1b2c3d/features/c/0"
+    )
+    assert io_error(chunk).line() == f"ERROR /r/f/s1.zarr: {FULL}"
+
+
+def _tmpfs_available() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-Urm", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _tmpfs_available(), reason="needs unprivileged user+mount namespaces")
+def test_tile_on_a_real_full_tmpfs(tmp_path):
+    """The same on a real 12 KiB tmpfs (mounted in a user namespace), through the installed command."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out, qc = disk / "tiles" / "s.zarr", disk / "qc" / "s.png"
+    script = (
+        f"mount -t tmpfs -o size=12k tmpfs {disk} && "
+        f"{sys.executable} -m pipeline tile {SLIDE} -o {out} --qc {qc}; "
+        f"echo rc=$?; find {disk} -type f"
+    )
+    proc = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True)
+    errors = [line for line in proc.stderr.splitlines() if not line[:2].isdigit()]  # not logs
+    assert errors == [f"ERROR {qc}: {FULL}"]
+    assert proc.stdout.split() == ["rc=1"]  # exit status 1, no file published or left behind
+
+
+def test_random_bytes_as_weights_never_suggest_unsafe_loading(tmp_path):
+    """PyTorch's message advises ``weights_only=False`` (runs the file's code); ours never does."""
+    torch = pytest.importorskip("torch")
+    from pipeline.errors import PipelineError
+    from pipeline.weights import read_state_dict
+
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(bytes(range(256)) * 16)
+    with pytest.raises(PipelineError) as caught:
+        read_state_dict([bad])
+    line = caught.value.line()
+    assert line.startswith(f"ERROR {bad}: cannot read weights (not a PyTorch tensor file: ")
+    assert "weights_only=False" not in line and "False" not in line and "\n" not in line
+
+    objects = tmp_path / "objects.pt"
+    torch.save({"layer": torch.zeros(2), "path": Path("x")}, objects)  # a pickle with a class
+    with pytest.raises(PipelineError) as caught:
+        read_state_dict([objects])
+    assert caught.value.line() == (
+        f"ERROR {objects}: cannot read weights (it holds Python objects, not only tensors: "
+        "pathlib.PosixPath). Check that the file is complete; .bin/.pth files must hold plain "
+        "tensors (they are loaded with weights_only=True)."
+    )
