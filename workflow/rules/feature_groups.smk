@@ -37,7 +37,7 @@ def plan_groups(encoder):
     todo = [
         s
         for s in sorted(SLIDES)
-        if not os.path.exists(features_path(encoder, s))
+        if not os.path.exists(OUT.features(encoder, s))
         and (
             s not in owner
             or (
