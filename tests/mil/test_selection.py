@@ -1,0 +1,97 @@
+"""Inner-CV model selection: the outer test fold is never read; the variants it returns are usable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.mil.data import FeatureBank
+from pipeline.mil.models import create_mil_model
+from pipeline.mil.precision import seed_everything
+from pipeline.mil.selection import fit_selected, inner_folds
+from pipeline.mil.splits import fold_roles, make_splits
+from pipeline.mil.tasks import ClassificationTask
+from pipeline.mil.train import assign_roles
+from pipeline.settings import MILSettings
+
+from .conftest import planted_bags
+
+
+class SpyBank(FeatureBank):
+    """A feature bank that records every slide whose features were read."""
+
+    def __init__(self, tensors):
+        super().__init__(tensors)
+        self.read: set[str] = set()
+
+    def get(self, slide, dtype=None):
+        self.read.add(slide)
+        return super().get(slide, dtype)
+
+
+def _cohort():
+    arrays, labels = planted_bags(n_bags=36, dim=8, n_min=6, n_max=12, seed=3)
+    bank = SpyBank(FeatureBank.from_arrays(arrays)._tensors)
+    task = ClassificationTask(labels)
+    return task, task.make_bags(bank), bank, labels
+
+
+CFG = MILSettings.from_mapping(
+    {"epochs": 3, "hidden_dim": 8, "dropout": 0.0, "seed": 0, "lr": 1e-3, "weight_decay": 0.0}
+)
+
+
+def test_inner_cv_never_reads_the_outer_test_fold():
+    """By construction on case ids: only the training part's slides are ever read."""
+    task, bags, bank, labels = _cohort()
+    strata, _ = task.case_strata()
+    splits = make_splits(strata, folds=3, seed=0)
+    parts = assign_roles(bags, fold_roles(splits, 0))
+    train, test = parts["train"] + parts["val"], parts["test"]
+    test_cases = {b.case_id for b in test}
+    # slides 8k and 8k+1 share a case: both must sit on the same side of every inner split
+    for tr, va in inner_folds(task, train, 3, seed=0):
+        assert not {b.case_id for b in tr} & {b.case_id for b in va}
+        assert {b.case_id for b in tr} | {b.case_id for b in va} == {b.case_id for b in train}
+    cfg = CFG.replace(inner_folds=3)
+    seed_everything(0)
+    sel = fit_selected(
+        lambda: create_mil_model("abmil", 8, 2, cfg),
+        task,
+        train,
+        cfg,
+        torch.device("cpu"),
+        exclude_case_ids=sorted(test_cases),
+    )
+    read_cases = set(labels.set_index("slide_id").loc[sorted(bank.read), "case_id"])
+    assert read_cases == {b.case_id for b in train}
+    assert not read_cases & test_cases
+    assert sel.seen_case_ids == {b.case_id for b in train}
+    assert sel.inner_scores.shape == (3, 3) and 1 <= sel.best_epoch <= 3
+    assert len(sel.variants["ensemble"].models) == 3
+    # every variant predicts the test fold: probabilities summing to 1
+    for variant in ("inner_cv", "ensemble", "inner_cv_swa", "fixed"):
+        out = sel.variants[variant].predict(task, test, torch.device("cpu"))
+        assert out.shape == (len(test), 2)
+        assert np.allclose(out.sum(1), 1, atol=1e-5)
+
+
+def test_a_test_fold_case_in_the_training_part_is_refused():
+    task, bags, _, _ = _cohort()
+    with pytest.raises(PipelineError, match="test-fold case"):
+        fit_selected(
+            lambda: create_mil_model("abmil", 8, 2, CFG),
+            task,
+            bags,
+            CFG,
+            torch.device("cpu"),
+            exclude_case_ids=[bags[5].case_id],
+        )
+
+
+def test_too_few_cases_for_the_inner_folds_is_one_clear_error():
+    task, bags, _, _ = _cohort()
+    with pytest.raises(PipelineError, match="inner folds"):
+        inner_folds(task, bags[:6], 5, seed=0)
