@@ -23,18 +23,20 @@ ids) is checked against every bag trained or validated on.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pipeline.errors import PipelineError
 from pipeline.mil.data import Bag
 from pipeline.mil.epoch import train_epoch
 from pipeline.mil.inference import run_inference
-from pipeline.mil.loop import make_optimizer
+from pipeline.mil.loop import FitResult, make_optimizer
 from pipeline.mil.precision import seed_everything
 from pipeline.settings import MILSettings
 
@@ -132,8 +134,12 @@ class Ensemble:
     models: list[torch.nn.Module]
 
     def predict(self, task, bags: Sequence[Bag], device, precision="fp32") -> np.ndarray:
-        outs = [run_inference(m, task, bags, device, precision)[0] for m in self.models]
-        return np.mean(outs, axis=0)
+        return self.run(task, bags, device, precision)[0]
+
+    def run(self, task, bags: Sequence[Bag], device, precision="fp32") -> tuple[np.ndarray, float]:
+        """``(mean outputs [B, k], seconds)`` (as :func:`run_inference`, without the loss)."""
+        runs = [run_inference(m, task, bags, device, precision) for m in self.models]
+        return np.mean([r[0] for r in runs], axis=0), float(sum(r[2] for r in runs))
 
 
 @dataclass
@@ -226,3 +232,48 @@ def fit_selected(
         "fixed": Ensemble([full.eval()]),
     }
     return Selected(best, scores, variants, seen)
+
+
+def fit_fold_selected(
+    build: Callable[[], torch.nn.Module],
+    task,
+    train_bags: Sequence[Bag],
+    settings: MILSettings,
+    device: torch.device,
+    exclude_case_ids: Sequence[str],
+    precision: str = "fp32",
+) -> tuple[FitResult, Ensemble, torch.nn.Module]:
+    """One outer fold under ``settings.selection``: ``(fit record, predictor, model to save)``.
+
+    The predictor is the chosen variant; the saved model is that variant's one model, or for
+    ``ensemble`` the ``inner_cv`` model (a fold folder holds one state dict: ``wsi-mil predict`` on an
+    ``ensemble`` fold uses the whole-training-part model at the selected epoch count).
+    """
+    if settings.selection not in SELECTIONS:
+        raise PipelineError("mil.selection", f"not an inner selection: {settings.selection!r}")
+    start = time.perf_counter()
+    sel = fit_selected(build, task, train_bags, settings, device, exclude_case_ids, precision)
+    seconds = time.perf_counter() - start
+    metric, epochs = task.metric_name, settings.epochs
+    curve = np.nanmean(sel.inner_scores, axis=0)
+    smooth = _smooth(np.nan_to_num(curve, nan=-np.inf))
+    history = pd.DataFrame(
+        {
+            "epoch": np.arange(1, epochs + 1),
+            f"inner_{metric}": curve,
+            f"inner_{metric}_smoothed": smooth,
+            "best": np.arange(1, epochs + 1) == sel.best_epoch,
+        }
+    )
+    fitted = FitResult(
+        history=history,
+        best_epoch=sel.best_epoch,
+        best_score=float(smooth[sel.best_epoch - 1]),
+        epochs_run=epochs,
+        train_seconds_per_epoch=seconds / (epochs * (settings.inner_folds + 1)),
+        stopped_early=False,
+        extra={"inner_folds": settings.inner_folds},
+    )
+    chosen = sel.variants[settings.selection]
+    saved = chosen.models[0] if len(chosen.models) == 1 else sel.variants["inner_cv"].models[0]
+    return fitted, chosen, saved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -95,3 +96,44 @@ def test_too_few_cases_for_the_inner_folds_is_one_clear_error():
     task, bags, _, _ = _cohort()
     with pytest.raises(PipelineError, match="inner folds"):
         inner_folds(task, bags[:6], 5, seed=0)
+
+
+@pytest.mark.parametrize("selection", ["inner_cv", "ensemble"])
+def test_train_fold_with_inner_selection_never_reads_the_test_fold_until_predicting(
+    tmp_path, monkeypatch, selection
+):
+    """train_fold under mil.selection: training and selection read only the training part's slides."""
+    import json
+
+    from pipeline.mil import selection as sel_module
+    from pipeline.mil.train import train_fold
+
+    task, bags, bank, labels = _cohort()
+    strata, _ = task.case_strata()
+    splits = make_splits(strata, folds=3, seed=0)
+    test_cases = {c for c, r in fold_roles(splits, 1).items() if r == "test"}
+    read_in_fit: set[str] = set()
+    original = sel_module.fit_selected
+
+    def spy(*args, **kwargs):
+        bank.read.clear()
+        out = original(*args, **kwargs)
+        read_in_fit.update(bank.read)
+        return out
+
+    settings = CFG.replace(selection=selection, inner_folds=3, precision="fp32")
+    monkeypatch.setattr(sel_module, "fit_selected", spy)
+    result = train_fold(task, bags, splits, 1, "abmil", settings, outdir=tmp_path, device="cpu")
+    case_of = labels.set_index("slide_id")["case_id"]
+    assert read_in_fit and not set(case_of.loc[sorted(read_in_fit)]) & test_cases
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert metrics["selection"] == meta["selection"] == selection
+    assert metrics["inner_folds"] == 3 and 1 <= metrics["best_epoch"] <= 3
+    assert metrics["n_bags"]["val"] == 0  # the validation part joined the training part
+    assert metrics["n_bags"]["train"] + metrics["n_bags"]["test"] == len(bags)
+    preds = pd.read_csv(tmp_path / "predictions.csv")
+    test = preds[preds["role"] == "test"]
+    assert set(test["case_id"]) == test_cases
+    assert np.allclose(test[["score_0", "score_1"]].sum(1), 1, atol=1e-5)
+    assert list(result.history["epoch"]) == [1, 2, 3] and result.history["best"].sum() == 1
