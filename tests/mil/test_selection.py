@@ -137,3 +137,34 @@ def test_train_fold_with_inner_selection_never_reads_the_test_fold_until_predict
     assert set(test["case_id"]) == test_cases
     assert np.allclose(test[["score_0", "score_1"]].sum(1), 1, atol=1e-5)
     assert list(result.history["epoch"]) == [1, 2, 3] and result.history["best"].sum() == 1
+
+
+def test_cv_survival_with_inner_cv_selection_and_cox_minibatches(tmp_path):
+    """`wsi-mil cv` end to end with selection=inner_cv, survival_loss=cox over groups of 4 cases."""
+    import json
+
+    from pipeline.cli import main
+
+    from .conftest import survival_bags, write_features
+
+    arrays, surv, slides, _ = survival_bags(n_cases=30, dim=8)
+    features = write_features(tmp_path / "features", arrays, "h5")
+    surv.to_csv(tmp_path / "survival.csv", index=False)
+    slides.to_csv(tmp_path / "labels.csv", index=False)
+    overrides = ["epochs=3", "hidden_dim=8", "selection=inner_cv", "inner_folds=2"]
+    overrides += ["survival_loss=cox", "accumulate=4"]
+    argv = [
+        "cv", "--features", features, "--labels", tmp_path / "survival.csv",
+        "--slides-table", tmp_path / "labels.csv", "--task-type", "survival",
+        "--method", "abmil", "--folds", 2, "-o", tmp_path / "out", *overrides,
+    ]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    for fold in (0, 1):
+        folder = tmp_path / "out" / "abmil" / f"fold{fold}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        meta = json.loads((folder / "model.json").read_text())
+        assert metrics["selection"] == "inner_cv" and 1 <= metrics["best_epoch"] <= 3
+        assert meta["cfg"]["survival_loss"] == "cox" and meta["cfg"]["accumulate"] == 4
+        assert metrics["test"]["cases"] == 15 and 0 <= metrics["test"]["c_index"] <= 1
+    summary = json.loads((tmp_path / "out" / "abmil" / "summary.json").read_text())
+    assert summary["folds"] == [0, 1]
