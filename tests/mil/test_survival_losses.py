@@ -143,3 +143,24 @@ def test_cox_epoch_trains_dsmil_and_mhim_and_rejects_single_case_groups():
         assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with pytest.raises(PipelineError, match="groups of >= 2"):
         train_epoch(model, opt, task, bags, torch.device("cpu"), 1, "cox")
+
+
+@pytest.mark.parametrize("accumulate, steps_per_epoch", [(1, 10), (3, 4)])
+def test_the_trainer_steps_once_per_group_of_accumulate_cases(accumulate, steps_per_epoch):
+    """loop.fit with mil.accumulate = k: ceil(n / k) optimiser steps per epoch (k = 1: one per case)."""
+    from pipeline.mil.loop import fit
+    from pipeline.mil.tasks import ClassificationTask
+    from pipeline.settings import MILSettings
+
+    torch.manual_seed(0)
+    bags = _bags(10)
+    task = ClassificationTask(None)
+    settings = MILSettings.from_mapping(
+        {"epochs": 2, "patience": 5, "hidden_dim": 8, "dropout": 0.0, "accumulate": accumulate}
+    )
+    task.configure(settings)
+    model = create_mil_model("abmil", 6, 2, settings)
+    steps = []
+    model.after_optimizer_step = lambda: steps.append(1)
+    result = fit(model, task, bags, bags[:4], settings, torch.device("cpu"))
+    assert result.epochs_run == 2 and len(steps) == 2 * steps_per_epoch
