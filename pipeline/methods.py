@@ -21,7 +21,7 @@ class MethodSpec:
 
     name: str
     target: str  # "module:Class" below pipeline.mil (mhim, msm) or pipeline.mil.models
-    family: str  # abmil, transmil, dsmil, mhim, msm
+    family: str  # abmil, transmil, dsmil, mhim, msm, reference
     baseline: str | None  # the method whose same-fold checkpoint initialises the teacher
     description: str
 
@@ -67,6 +67,33 @@ _SPECS: tuple[MethodSpec, ...] = (
         None,
         "DSMIL (Li 2021): instance classifier, critical-instance attention, Conv1d bag classifier;"
         " loss on bag and max-instance logits. Model keys: query_dim, activation, loss_mix.",
+    ),
+    MethodSpec(
+        "meanpool",
+        "pooling:MeanPoolMIL",
+        "reference",
+        None,
+        "Reference baseline: mean of the instance features, standardised by running statistics -> one"
+        " linear layer (logistic regression / the survival head on bag means). A MIL method below it has"
+        " learnt nothing a linear model on bag means could not. No model keys.",
+    ),
+    MethodSpec(
+        "maxpool",
+        "pooling:MaxPoolMIL",
+        "reference",
+        None,
+        "Reference baseline: per-feature maximum over instances -> one linear layer (sparse-evidence"
+        " counterpart of meanpool). No model keys.",
+    ),
+    MethodSpec(
+        "abmil_std",
+        "pooling:StandardizedABMIL",
+        "abmil",
+        None,
+        "AB-MIL with its attention-pooled embedding standardised by running statistics before the"
+        " linear head: where evidence is a weak shift in many instances, bag embeddings differ by"
+        " ~1/sqrt(N) of the instance spread and plain AB-MIL fits noise first (BENCHMARKS.md, issue"
+        " 17). Model keys as abmil.",
     ),
     MethodSpec(
         "mhim_abmil",

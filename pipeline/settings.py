@@ -63,6 +63,10 @@ class MILSettings:
     seed: int
     val_fraction: float
     protocol: str
+    selection: str
+    inner_folds: int
+    accumulate: int
+    survival_loss: str
     epochs: int
     patience: int
     monitor: str

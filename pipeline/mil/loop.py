@@ -23,6 +23,7 @@ from pipeline.device import autocast_context
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil.data import Bag
+from pipeline.mil.epoch import needs_train_epoch, train_epoch
 from pipeline.mil.inference import run_inference
 from pipeline.mil.precision import INPUT_DTYPES
 from pipeline.mil.tasks import Task
@@ -78,10 +79,23 @@ def _key(score: float, loss: float) -> tuple[float, float]:
     )
 
 
-def _train_epoch(model, optimizer, task, bags, order, epoch, epochs, device, precision) -> float:
-    """One pass over ``bags`` in ``order``; the mean training loss."""
+def _train_epoch(
+    model, optimizer, task, bags, order, epoch, epochs, device, precision, settings
+) -> float:
+    """One pass over ``bags`` in ``order``; the mean training loss.
+
+    One-case updates unless ``mil.accumulate`` > 1 or ``mil.survival_loss: cox``, which go through
+    :func:`pipeline.mil.epoch.train_epoch` (same bag order and masking schedule).
+    """
+    n = len(bags)
+    if needs_train_epoch(settings.accumulate, settings.survival_loss):
+        progress = ((epoch - 1) / epochs, 1.0 / (epochs * n))
+        return train_epoch(
+            model, optimizer, task, [bags[i] for i in order], device,
+            settings.accumulate, settings.survival_loss, progress, precision,
+        )  # fmt: skip
     model.train()
-    dtype, n, total = INPUT_DTYPES[precision], len(bags), 0.0
+    dtype, total = INPUT_DTYPES[precision], 0.0
     for i, idx in enumerate(order):
         bag = bags[idx]
         progress = ((epoch - 1) * n + i) / (epochs * n)
@@ -115,7 +129,7 @@ def fit(
         start = time.perf_counter()
         order = rng.permutation(len(train_bags))
         train_loss = _train_epoch(
-            model, optimizer, task, train_bags, order, epoch, epochs, device, precision
+            model, optimizer, task, train_bags, order, epoch, epochs, device, precision, settings
         )
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()

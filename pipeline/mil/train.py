@@ -28,12 +28,14 @@ from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil.data import Bag, FeatureBank
+from pipeline.mil.epoch import check_survival_loss
 from pipeline.mil.folder import FoldFolder
 from pipeline.mil.inference import run_inference
 from pipeline.mil.loop import FitResult, fit
 from pipeline.mil.metrics import OPTIMISTIC_NOTE
 from pipeline.mil.models import create_mil_model, method_info
 from pipeline.mil.precision import deterministic, seed_everything, training_precision
+from pipeline.mil.selection import Ensemble, fit_fold_selected
 from pipeline.mil.splits import fold_roles
 from pipeline.mil.tasks import Task
 from pipeline.settings import MILSettings
@@ -49,10 +51,18 @@ class FoldPlan:
     fold: int
     parts: dict[str, list[Bag]]
     paper: bool
+    inner: bool = (
+        False  # mil.selection other than holdout: val merged into train, selection inside it
+    )
 
     @property
     def train_bags(self) -> list[Bag]:
         return self.parts["train"] + self.parts["val"] if self.paper else self.parts["train"]
+
+    @property
+    def threshold_role(self) -> str:
+        """The part the Youden threshold comes from (in-sample ``train`` under inner selection)."""
+        return "train" if self.inner else self.select_role
 
     @property
     def select_role(self) -> str:
@@ -108,11 +118,17 @@ def assign_roles(bags: Sequence[Bag], roles: dict[str, str]) -> dict[str, list[B
 def plan_fold(
     bags: Sequence[Bag], splits: pd.DataFrame, fold: int, settings: MILSettings
 ) -> FoldPlan:
-    """Split ``bags`` by the fold's roles; a role the protocol needs but has no bag is an error."""
-    plan = FoldPlan(
-        int(fold), assign_roles(bags, fold_roles(splits, fold)), settings.protocol == "paper"
-    )
-    for role in ("train", "test") if plan.paper else ROLES:
+    """Split ``bags`` by the fold's roles; a role the protocol needs but has no bag is an error.
+
+    ``mil.selection`` other than ``holdout`` applies under ``protocol: holdout`` only: the validation
+    part joins the training part and the selection happens inside it (:mod:`pipeline.mil.selection`).
+    """
+    parts, paper = assign_roles(bags, fold_roles(splits, fold)), settings.protocol == "paper"
+    inner = not paper and settings.selection != "holdout"
+    if inner:
+        parts = {"train": parts["train"] + parts["val"], "val": [], "test": parts["test"]}
+    plan = FoldPlan(int(fold), parts, paper, inner)
+    for role in ("train", "test") if plan.paper or plan.inner else ROLES:
         if not plan.parts[role]:
             raise PipelineError(
                 f"fold {fold}",
@@ -152,12 +168,19 @@ def build_model(
 
 
 def score_parts(
-    model: torch.nn.Module, task: Task, plan: FoldPlan, device: torch.device, precision: str
+    model: torch.nn.Module | Ensemble,
+    task: Task,
+    plan: FoldPlan,
+    device: torch.device,
+    precision: str,
 ) -> tuple[dict[str, Any], float | None]:
     """Outputs of every role's bags, and the test part's inference speed in slides per second."""
     outputs, speed = {}, None
     for role, role_bags in plan.parts.items():
-        outputs[role], _, seconds = run_inference(model, task, role_bags, device, precision)
+        if isinstance(model, Ensemble):
+            outputs[role], seconds = model.run(task, role_bags, device, precision)
+        else:
+            outputs[role], _, seconds = run_inference(model, task, role_bags, device, precision)
         if role == "test":
             slides = sum(len(b.slide_ids) for b in role_bags)
             speed = slides / seconds if seconds > 0 else None
@@ -191,7 +214,8 @@ def fold_metrics(
         "seed": settings.seed,
         "protocol": "paper" if paper else "holdout",
         "optimistic": paper,
-        "selection": plan.select_role,
+        "selection": settings.selection if plan.inner else plan.select_role,
+        **({"inner_folds": settings.inner_folds} if plan.inner else {}),
         "selection_metric": task.metric_name,
         **({"note": OPTIMISTIC_NOTE} if paper else {}),
         "test": scored["test"],
@@ -222,9 +246,38 @@ def model_meta(
         "fold": plan.fold,
         "precision": precision,
         "protocol": "paper" if plan.paper else "holdout",
+        "selection": settings.selection if plan.inner else plan.select_role,
         "optimistic": plan.paper,
         "version": __version__,
     }
+
+
+def _fit_plan(method, task, plan, settings, device, in_dim, precision, teacher_init):
+    """``(FitResult, model to save, predictor, teacher folder)``: early stopping, or inner selection."""
+    n_out = task.n_outputs
+    model, teacher = build_model(method, in_dim, n_out, settings, device, plan.fold, teacher_init)
+    log.info(
+        "fold %d: %s on %d train / %d %s bags (%d test), %d-d features, %s %s, %s protocol, %s",
+        *(plan.fold, method, len(plan.train_bags), len(plan.select_bags), plan.select_role),
+        *(len(plan.parts["test"]), in_dim, device, precision),
+        "paper (optimistic)" if plan.paper else "holdout",
+        f"selection {settings.selection}" if plan.inner else "early stopping",
+    )
+    if not plan.inner:
+        fitted = fit(
+            model, task, plan.train_bags, plan.select_bags, settings, device, plan.select_role,
+            precision,
+        )  # fmt: skip
+        return fitted, model, model, teacher
+
+    def build() -> torch.nn.Module:
+        return build_model(method, in_dim, n_out, settings, device, plan.fold, teacher_init)[0]
+
+    test_cases = [b.case_id for b in plan.parts["test"]]
+    fitted, predictor, model = fit_fold_selected(
+        build, task, plan.train_bags, settings, device, test_cases, precision
+    )
+    return fitted, model, predictor, teacher
 
 
 def train_fold(
@@ -241,6 +294,7 @@ def train_fold(
 ) -> FoldResult:
     """Train ``method`` on fold ``fold``; write the fold folder when ``outdir`` is given."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
+    check_survival_loss(settings.survival_loss, task.type, settings.accumulate)
     plan = plan_fold(bags, splits, fold, settings)
     task.configure(settings)
     task.fit(plan.train_bags)
@@ -251,23 +305,13 @@ def train_fold(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with deterministic(device):
-        model, teacher = build_model(
-            method, in_dim, task.n_outputs, settings, device, plan.fold, teacher_init
+        fitted, model, predictor, teacher = _fit_plan(
+            method, task, plan, settings, device, in_dim, precision, teacher_init
         )
-        log.info(
-            "fold %d: %s on %d train / %d %s bags (%d test), %d-d features, %s %s, %s protocol",
-            *(plan.fold, method, len(plan.train_bags), len(plan.select_bags), plan.select_role),
-            *(len(plan.parts["test"]), in_dim, device, precision),
-            "paper (optimistic)" if plan.paper else "holdout",
-        )
-        fitted = fit(
-            model, task, plan.train_bags, plan.select_bags, settings, device, plan.select_role,
-            precision,
-        )  # fmt: skip
-        outputs, speed = score_parts(model, task, plan, device, precision)
+        outputs, speed = score_parts(predictor, task, plan, device, precision)
     scored = task.metrics(
         {r: (plan.parts[r], outputs[r]) for r in plan.parts if plan.parts[r]},
-        threshold_role=plan.select_role,
+        threshold_role=plan.threshold_role,
     )
     efficiency = {
         "parameters": count_parameters(model),

@@ -1,0 +1,89 @@
+"""Issue 17's acceptance check, as a benchmark: honest AB-MIL vs the bag-mean reference on small planted sets.
+
+Dense evidence (half the instances of a positive bag shifted): the bag mean carries the signal, so AB-MIL
+should come within 0.03 AUC of logistic regression on bag means. Sparse evidence (one or two shifted
+instances in 30-50): the mean dilutes it, so AB-MIL should beat the reference. Five folds by case,
+inner-CV selection, ``abmil_std``. Takes minutes on 2 cores (too slow for CI), hence not a test; the
+numbers are in BENCHMARKS.md ("Honest MIL").
+
+    nice python bench/honest_default.py [--variant inner_cv] [--method abmil_std]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.mil import metrics as M  # noqa: E402
+from pipeline.mil.data import FeatureBank  # noqa: E402
+from pipeline.mil.models import create_mil_model  # noqa: E402
+from pipeline.mil.precision import seed_everything  # noqa: E402
+from pipeline.mil.reference import reference_scores  # noqa: E402
+from pipeline.mil.selection import fit_selected  # noqa: E402
+from pipeline.mil.splits import fold_roles, make_splits  # noqa: E402
+from pipeline.mil.tasks import ClassificationTask  # noqa: E402
+from pipeline.mil.train import assign_roles  # noqa: E402
+from pipeline.settings import MILSettings  # noqa: E402
+from tests.mil.conftest import planted_bags  # noqa: E402
+
+SETTINGS = {"epochs": 12, "hidden_dim": 16, "dropout": 0.0, "seed": 0, "lr": 5e-3}
+SETS = {  # name: planted_bags arguments, what the reference should do
+    "dense": {"n_bags": 40, "dim": 16, "n_min": 20, "n_max": 40, "shift": 2.0, "tumour_fraction": 0.5},
+    "sparse": {
+        "n_bags": 40, "dim": 16, "n_min": 30, "n_max": 50, "shift": 6.0, "tumour_fraction": 0.03,
+    },
+}  # fmt: skip
+
+
+def five_fold(arrays, labels, method: str, variant: str) -> tuple[float, float]:
+    """Mean test-fold AUCs ``(AB-MIL honest, bag-mean reference)`` over 5 folds by case."""
+    settings = MILSettings.from_mapping({**SETTINGS, "inner_folds": 3, "precision": "fp32"})
+    task = ClassificationTask(labels)
+    bags = task.make_bags(FeatureBank.from_arrays(arrays))
+    strata, _ = task.case_strata()
+    splits = make_splits(strata, folds=5, seed=0)
+    dim = next(iter(arrays.values())).shape[1]
+    mil, ref = [], []
+    for fold in range(5):
+        parts = assign_roles(bags, fold_roles(splits, fold))
+        train, test = parts["train"] + parts["val"], parts["test"]
+        y = np.array([b.target for b in test])
+        seed_everything(0)
+        sel = fit_selected(
+            lambda: create_mil_model(method, dim, 2, settings),
+            task,
+            train,
+            settings,
+            torch.device("cpu"),
+            exclude_case_ids=[b.case_id for b in test],
+        )
+        mil.append(M.auc(y, sel.variants[variant].predict(task, test, torch.device("cpu"))))
+        p = reference_scores("classification", train, test)
+        ref.append(M.auc(y, np.stack([1 - p, p], 1)))
+    return float(np.mean(mil)), float(np.mean(ref))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", default="abmil_std")
+    p.add_argument("--variant", default="inner_cv")
+    p.add_argument("--sets", default="dense,sparse")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    for name in args.sets.split(","):
+        arrays, labels = planted_bags(**SETS[name])
+        mil, ref = five_fold(arrays, labels, args.method, args.variant)
+        goal = mil >= ref - 0.03 if name == "dense" else mil > ref
+        print(
+            f"{name}: {args.method} {args.variant} AUC {mil:.3f}, reference {ref:.3f}, goal met: {goal}"
+        )
+
+
+if __name__ == "__main__":
+    main()
