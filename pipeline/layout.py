@@ -13,8 +13,10 @@ Layout of ``results_dir``::
     run.json                                   what the current run is made of (for the report)
     tiles/{slide}.zarr    qc/{slide}.png       tiling
     features/{encoder}/{slide}.zarr            feature extraction
-    splits/{task}.csv                          folds per task
-    mil/{task}/{encoder}/{method}/fold{k}/     one trained model (FOLD_FILES)
+    splits/{task}.csv                          folds per task (mil.repeats = 1)
+    splits/{task}/repeat{r}.csv                folds of repeat r (mil.repeats > 1)
+    mil/{task}/{encoder}/{method}/fold{k}/     one trained model (FOLD_FILES); method = a method or
+                                               a variant; with repeats > 1: .../repeat{r}/fold{k}/
     mil/{task}/{encoder}/{method}/summary.json mean +- std over folds
     summary.csv  report/index.html  report/slides.csv
     logs/{stage}/...log  benchmarks/{stage}/...tsv
@@ -49,6 +51,27 @@ EFFECTIVE_CONFIG = "config.effective.yaml"
 RUN_MANIFEST = "run.json"  # the slides, encoders and benchmark files of the current run (report)
 
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
+_REPEAT_DIR = re.compile(r"^repeat(\d+)$")
+
+
+def repeat_ids(repeats: int) -> list[int | None]:
+    """The repeat part of every path: ``[None]`` for one repeat (today's paths), else ``0..R-1``."""
+    return [None] if int(repeats) == 1 else list(range(int(repeats)))
+
+
+def repeat_name(repeat: int | str) -> str:
+    """``repeat{r}``: the folder of repeat r (wildcards such as ``{repeat}`` pass through)."""
+    return f"repeat{repeat}"
+
+
+def fold_repeat(fold_dir: str | os.PathLike) -> int:
+    """r for a fold folder inside ``repeat{r}/``, else 0 (one repeat: no repeat folder)."""
+    match = _REPEAT_DIR.match(Path(fold_dir).parent.name)
+    return int(match.group(1)) if match else 0
+
+
+def _repeat_parts(repeat: int | str | None) -> list[str]:
+    return [] if repeat is None else [repeat_name(repeat)]
 
 
 def fold_name(fold: int | str) -> str:
@@ -128,21 +151,37 @@ class Layout:
         return self._join("features", encoder, f"{slide}.zarr")
 
     # --- MIL ----------------------------------------------------------------------------------------
-    def splits(self, task: str) -> str:
-        return self._join("splits", f"{task}.csv")
+    def splits(self, task: str, repeat: int | str | None = None) -> str:
+        """The folds of a task (of one repeat when ``repeat`` is given: ``mil.repeats`` > 1)."""
+        if repeat is None:
+            return self._join("splits", f"{task}.csv")
+        return self._join("splits", task, f"{repeat_name(repeat)}.csv")
 
     def method_dir(self, task: str, encoder: str, method: str) -> str:
         return self._join("mil", task, encoder, method)
 
-    def fold_dir(self, task: str, encoder: str, method: str, fold: int | str) -> str:
-        return self._join("mil", task, encoder, method, fold_name(fold))
+    def fold_dir(
+        self, task: str, encoder: str, method: str, fold: int | str, repeat: int | str | None = None
+    ) -> str:
+        parts = [*_repeat_parts(repeat), fold_name(fold)]
+        return self._join("mil", task, encoder, method, *parts)
 
-    def fold_file(self, task: str, encoder: str, method: str, fold: int | str, key: str) -> str:
-        return f"{self.fold_dir(task, encoder, method, fold)}/{FOLD_FILES[key]}"
+    def fold_file(
+        self,
+        task: str,
+        encoder: str,
+        method: str,
+        fold: int | str,
+        key: str,
+        repeat: int | str | None = None,
+    ) -> str:
+        return f"{self.fold_dir(task, encoder, method, fold, repeat)}/{FOLD_FILES[key]}"
 
-    def fold_files(self, task: str, encoder: str, method: str, fold: int | str) -> dict[str, str]:
+    def fold_files(
+        self, task: str, encoder: str, method: str, fold: int | str, repeat: int | str | None = None
+    ) -> dict[str, str]:
         """Every file of one fold folder by key (the train rule's named outputs)."""
-        return {k: self.fold_file(task, encoder, method, fold, k) for k in FOLD_FILES}
+        return {k: self.fold_file(task, encoder, method, fold, k, repeat) for k in FOLD_FILES}
 
     def summary_json(self, task: str, encoder: str, method: str) -> str:
         return f"{self.method_dir(task, encoder, method)}/{SUMMARY_JSON}"

@@ -133,6 +133,11 @@ def method_info(name: str) -> dict[str, Any]:
     return _info(get_method(name))
 
 
+def switch_section(name: str) -> str | None:
+    """The ``mil`` section holding the switches a variant of method ``name`` may override (or None)."""
+    return {"mhim": "mhim", "msm": "msm"}.get(get_method(name).family)
+
+
 def baseline_of(name: str) -> str | None:
     """The method whose same-fold checkpoint initialises ``name``'s teacher (None when it has none)."""
     return get_method(name).baseline

@@ -1,11 +1,15 @@
-"""Cross-validate one method in one process: splits, every fold (baseline first when MHIM), summary.
+"""Cross-validate one method (or variant) in one process: splits, every fold, summary, comparison.
 
 For users without Snakemake. Features are read once for all folds. Writes:
 
   OUTDIR/splits.csv                       (reused when present, so a re-run keeps the same folds)
-  OUTDIR/{baseline}/fold{k}/...           (only for methods with a teacher, e.g. abmil for mhim_abmil)
-  OUTDIR/{method}/fold{k}/...             (as `wsi-mil train`)
-  OUTDIR/{method}/summary.json            (as `wsi-mil evaluate`; also for the baseline)
+  OUTDIR/splits.repeat{r}.csv             (instead, with --repeats R > 1: repeat r drawn with seed + r)
+  OUTDIR/{baseline}/[repeat{r}/]fold{k}/  (only for methods with a teacher, e.g. abmil for mhim_abmil)
+  OUTDIR/{reference}/[repeat{r}/]fold{k}/ (with --reference)
+  OUTDIR/{method}/[repeat{r}/]fold{k}/    (as `wsi-mil train`; a variant of --config under its own name)
+  OUTDIR/{name}/summary.json              (as `wsi-mil evaluate`, for each of them)
+  OUTDIR/summary.csv                      (as `wsi-mil summary`: intervals, and the comparison of
+                                           each with --reference, default the method's baseline)
 
 A fold whose metrics.json exists is complete and is not trained again, so an interrupted run resumes.
 Task inputs and key=value overrides are those of `wsi-mil train`.
@@ -17,7 +21,9 @@ from pathlib import Path
 
 from pipeline.commands.train import add_data_arguments
 
-HELP = "cross-validate a method (splits, baseline + MHIM per fold, summary) in one process"
+HELP = (
+    "cross-validate a method (splits, baseline + MHIM per fold, summary, comparison) in one process"
+)
 
 
 def add_arguments(parser) -> None:
@@ -25,57 +31,116 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--folds", type=int, default=None, help="number of folds (default: mil.folds)"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="repeated CV: fold assignments (mil.repeats)"
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="method or variant to compare with (default: mil.reference, else the method's baseline)",
+    )
+    parser.add_argument(
+        "--n-boot", type=int, default=2000, help="bootstrap resamples for intervals and tests"
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+
+
+def _splits(out: Path, task, settings, folds: int, repeat: int | None, log):
+    """The folds of one repeat: reused from OUTDIR when present, else drawn and written."""
+    from pipeline.mil.splits import make_splits, read_splits, repeat_seed
+    from pipeline.store import write_text
+
+    name = "splits.csv" if repeat is None else f"splits.repeat{repeat}.csv"
+    path = out / name
+    if path.is_file():
+        splits = read_splits(path)
+        log.info("reusing %s (%d folds)", path, splits["fold"].nunique())
+        return splits
+    strata, val_strata = task.case_strata()
+    seed = repeat_seed(settings.seed, repeat)
+    splits = make_splits(strata, folds, seed, settings.val_fraction, val_strata)
+    write_text(path, splits.to_csv(index=False))
+    return splits
+
+
+def _order(settings, method: str, reference: str | None) -> list[str]:
+    """Names to train, teachers first: the base method's baseline, the reference, the method."""
+    from pipeline.methods import baseline_of
+
+    names = []
+    for name in (reference, method):
+        if name is None:
+            continue
+        base, _ = settings.for_method(name)
+        names += [baseline_of(base), name]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def run(args) -> int:
     from pipeline import layout
     from pipeline.commands.train import setup
     from pipeline.log import get_logger
-    from pipeline.methods import method_info
-    from pipeline.mil.evaluate import format_summary, summarize
-    from pipeline.mil.splits import make_splits, read_splits
+    from pipeline.methods import baseline_of
+    from pipeline.mil.comparison import add_comparisons, summary_fold_dirs
+    from pipeline.mil.evaluate import format_summary, summarize, summary_table
     from pipeline.mil.train import prepare_data, train_fold
     from pipeline.store import write_json, write_text
 
     log = get_logger("cv")
     settings, task = setup(args)
     folds = args.folds or settings.folds
+    repeats = layout.repeat_ids(args.repeats or settings.repeats)
+    base, _ = settings.for_method(args.method)
+    reference = args.reference or settings.reference or baseline_of(base)
+    reference = reference if reference != args.method else None
     out = Path(args.output)
-    splits_path = out / layout.SPLITS_CSV
-    if splits_path.is_file():
-        splits = read_splits(splits_path)
-        log.info("reusing %s (%d folds)", splits_path, splits["fold"].nunique())
-    else:
-        strata, val_strata = task.case_strata()
-        splits = make_splits(strata, folds, settings.seed, settings.val_fraction, val_strata)
-        write_text(splits_path, splits.to_csv(index=False))
+    splits = {r: _splits(out, task, settings, folds, r, log) for r in repeats}
     bags, _, report = prepare_data(task, args.features)
-    baseline = method_info(args.method)["baseline"]
-    for method in [m for m in (baseline, args.method) if m]:
+    names = _order(settings, args.method, reference)
+    for name in names:
+        name_base, name_settings = settings.for_method(name)
+        teacher_name = baseline_of(name_base)
         fold_dirs = []
-        for fold in sorted(splits["fold"].unique()):
-            fold_dir = out / method / layout.fold_name(fold)
-            fold_dirs.append(fold_dir)
-            if layout.fold_complete(fold_dir):
-                log.info("%s fold %d already complete in %s; kept", method, fold, fold_dir)
-                continue
-            teacher = (
-                out / baseline / layout.fold_name(fold) if method != baseline and baseline else None
-            )
-            train_fold(
-                task,
-                bags,
-                splits,
-                fold,
-                method,
-                settings,
-                outdir=fold_dir,
-                teacher_init=teacher,
-                device=args.device,
-                data_report=report,
-            )
-        summary = summarize(fold_dirs)
-        write_json(out / method / layout.SUMMARY_JSON, summary)
+        for r in repeats:
+            for fold in sorted(splits[r]["fold"].unique()):
+                parts = [layout.repeat_name(r)] if r is not None else []
+                fold_dir = out.joinpath(name, *parts, layout.fold_name(fold))
+                fold_dirs.append(fold_dir)
+                if layout.fold_complete(fold_dir):
+                    log.info("%s fold %s already complete in %s; kept", name, fold, fold_dir)
+                    continue
+                teacher = teacher_name and out.joinpath(
+                    teacher_name, *parts, layout.fold_name(fold)
+                )
+                train_fold(
+                    *(task, bags, splits[r], fold, name_base, name_settings),
+                    outdir=fold_dir,
+                    teacher_init=teacher or None,
+                    device=args.device,
+                    data_report=report,
+                    name=name if name != name_base else None,
+                )  # fmt: skip
+        summary = summarize(fold_dirs, n_boot=args.n_boot)
+        write_json(out / name / layout.SUMMARY_JSON, summary)
         log.info("%s", format_summary(summary))
+    paths = [out / name / layout.SUMMARY_JSON for name in names]
+    table = summary_table(paths)
+    table.insert(0, "task", Path(args.labels).stem)
+    table.insert(1, "encoder", Path(args.features).name)
+    summaries = [
+        {**s, "fold_dirs": summary_fold_dirs(p, s)}
+        for p, s in zip(paths, map(_read_json, paths), strict=True)
+    ]
+    table = add_comparisons(table, summaries, reference, n_boot=args.n_boot)
+    write_text(out / "summary.csv", table.to_csv(index=False))
+    row = table[table["method"] == args.method].iloc[0]
+    if reference is not None and isinstance(row.get("verdict_cv"), str):
+        log.info("%s vs %s: %s", args.method, reference, row["verdict_cv"])
+        log.info("%s vs %s (pooled): %s", args.method, reference, row["verdict_pooled"])
     return 0
+
+
+def _read_json(path):
+    import json
+
+    return json.loads(Path(path).read_text())
