@@ -9,6 +9,7 @@ How each method differs from its paper and public code: docs/architecture.md, "M
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -141,3 +142,15 @@ def switch_section(name: str) -> str | None:
 def baseline_of(name: str) -> str | None:
     """The method whose same-fold checkpoint initialises ``name``'s teacher (None when it has none)."""
     return get_method(name).baseline
+
+
+def default_reference(methods: Sequence[str], variants: dict[str, Any] | None = None) -> str:
+    """The first baseline (a method without a teacher) in ``methods``; else the first one's baseline."""
+    variants = variants or {}
+    for name in methods:
+        if name in METHODS and METHODS[name].baseline is None:
+            return name
+    first = methods[0]
+    base = variants[first]["method"] if first in variants else first
+    spec = METHODS.get(base)
+    return (spec.baseline if spec else None) or first

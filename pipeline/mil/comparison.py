@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.errors import PipelineError
 from pipeline.layout import fold_name, fold_repeat, repeat_name
+from pipeline.methods import default_reference
 from pipeline.mil.folder import FoldFolder
 from pipeline.stats import MethodResults, compare_methods, summarise_method
 from pipeline.stats.bootstrap import N_BOOT
@@ -82,19 +83,6 @@ def comparison(
 ) -> dict[str, Any]:
     """``other - reference`` in the main metric (:func:`pipeline.stats.compare_methods`)."""
     return compare_methods(reference, other, task_type, n_boot=n_boot, seed=seed)
-
-
-def default_reference(methods: Sequence[str], variants: dict[str, Any] | None = None) -> str:
-    """The first baseline (a method without a teacher) in ``methods``; else the first one's baseline."""
-    from pipeline.methods import METHODS
-
-    variants = variants or {}
-    for name in methods:
-        if name in METHODS and METHODS[name].baseline is None:
-            return name
-    first = methods[0]
-    base = variants[first]["method"] if first in variants else first
-    return METHODS[base].baseline or first
 
 
 def add_comparisons(

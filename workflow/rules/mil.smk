@@ -1,10 +1,14 @@
-# MIL: folds per task, one model per task x encoder x method x fold, then mean +- std over folds.
+# MIL: folds per task (per repeat with mil.repeats > 1), one model per task x encoder x method (or
+# variant) x [repeat x] fold, then the summary over folds with its intervals.
 #
 # Methods with a teacher (MHIM) start from the baseline trained on the same fold, so the DAG
-# trains every baseline fold first and hands its checkpoint over with --teacher-init.
-# Paths come from OUT (pipeline/layout.py).
+# trains every baseline fold first and hands its checkpoint over with --teacher-init; a variant
+# (mil.variants) uses its base method's baseline, i.e. the same checkpoints as the full method.
+# Paths come from OUT (pipeline/layout.py); the repeat folder exists only with mil.repeats > 1.
 
 MIL = config["mil"]
+# the last parts of a train job's log and benchmark paths: [repeat{r}/]fold{k}
+FOLD_PARTS = [*([repeat_name(REPEAT)] if REPEAT else []), fold_name("{fold}")]
 
 
 localrules:
@@ -16,11 +20,11 @@ rule splits:
     input:
         table=lambda w: TASKS[w.task]["table"],
     output:
-        OUT.splits("{task}"),
+        OUT.splits("{task}", REPEAT),
     log:
-        OUT.log("splits", "{task}"),
+        OUT.log("splits", "{task}", *([repeat_name(REPEAT)] if REPEAT else [])),
     benchmark:
-        OUT.benchmark("splits", "{task}")
+        OUT.benchmark("splits", "{task}", *([repeat_name(REPEAT)] if REPEAT else []))
     conda:
         "../../envs/mil.yaml"
     threads: 1
@@ -33,10 +37,11 @@ rule splits:
         seed=MIL["seed"],
         val_fraction=MIL["val_fraction"],
         bins=MIL["survival_bins"],
+        repeat=lambda w: f"--repeat {w.repeat}" if REPEAT else "",
     shell:
         "wsi-mil splits {input.table:q} -o {output:q} --task-type {params.task_type}"
         " --folds {params.folds} --seed {params.seed} --val-fraction {params.val_fraction}"
-        " --survival-bins {params.bins} > {log:q} 2>&1"
+        " --survival-bins {params.bins} {params.repeat} > {log:q} 2>&1"
 
 
 # One model per task x encoder x method x fold. A method with a teacher (MHIM) also declares its
@@ -45,11 +50,11 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        **OUT.fold_files("{task}", "{encoder}", "{method}", "{fold}"),
+        **OUT.fold_files("{task}", "{encoder}", "{method}", "{fold}", REPEAT),
     log:
-        OUT.log("train", "{task}", "{encoder}", "{method}", fold_name("{fold}")),
+        OUT.log("train", "{task}", "{encoder}", "{method}", *FOLD_PARTS),
     benchmark:
-        OUT.benchmark("train", "{task}", "{encoder}", "{method}", fold_name("{fold}"))
+        OUT.benchmark("train", "{task}", "{encoder}", "{method}", *FOLD_PARTS)
     wildcard_constraints:
         encoder=alternatives(ENCODERS),
         method=alternatives(TRAINED_METHODS),
@@ -65,7 +70,7 @@ rule train:
         task_type=lambda w: TASKS[w.task]["type"],
         teacher=teacher_flag,
         config=EFFECTIVE_CONFIG,
-        settings=settings_digest("mil", drop=("methods",)),
+        settings=train_settings_digest,
     shell:
         "wsi-mil train --features {params.features:q} --labels {input.table:q}"
         " --slides-table {input.slides_table:q} --splits {input.splits:q} --fold {wildcards.fold}"
@@ -75,9 +80,7 @@ rule train:
 
 rule evaluate:
     input:
-        lambda w: [
-            OUT.fold_file(w.task, w.encoder, w.method, k, "metrics") for k in FOLDS
-        ],
+        lambda w: method_fold_files(w.task, w.encoder, w.method),
     output:
         report(
             OUT.summary_json("{task}", "{encoder}", "{method}"),
