@@ -113,14 +113,12 @@ def test_variant_appears_under_its_own_name_in_the_summary(variant_cv):
     assert json.loads((variant_cv / "no_grn" / "summary.json").read_text())["method"] == "no_grn"
 
 
-def test_summary_columns_equal_pipeline_stats_on_the_fold_outputs(variant_cv, tmp_path):
-    """`wsi-mil evaluate` + `wsi-mil summary` on a results layout: the statistics columns equal
-    pipeline.stats computed here from the fold folders' metrics.json and predictions.csv."""
+@pytest.fixture(scope="module")
+def laid_out(variant_cv, tmp_path_factory):
+    """The cv folds in a workflow results layout, with `wsi-mil evaluate` and `wsi-mil summary` run."""
     import shutil
 
-    from pipeline.stats import MethodResults, compare_methods, summarise_method, summary_columns
-
-    results = tmp_path / "results"
+    results = tmp_path_factory.mktemp("laid_out") / "results"
     summaries = []
     for method in ("abmil", "mhim_abmil", "no_grn"):
         dst = results / "mil" / "t" / "e" / method
@@ -131,7 +129,16 @@ def test_summary_columns_equal_pipeline_stats_on_the_fold_outputs(variant_cv, tm
     out = results / "summary.csv"
     argv = ["summary", *summaries, "-o", str(out), "--reference", "abmil", "--n-boot", "200"]
     assert main(argv) == 0
-    table = pd.read_csv(out).set_index("method")
+    return results
+
+
+def test_summary_columns_equal_pipeline_stats_on_the_fold_outputs(laid_out):
+    """The statistics columns of summary.csv equal pipeline.stats computed here from the fold
+    folders' metrics.json and predictions.csv."""
+    from pipeline.stats import MethodResults, compare_methods, summarise_method, summary_columns
+
+    results = laid_out
+    table = pd.read_csv(results / "summary.csv").set_index("method")
     assert set(summary_columns("classification")) <= set(table.columns)
 
     def results_of(method: str) -> MethodResults:
@@ -160,3 +167,18 @@ def test_summary_columns_equal_pipeline_stats_on_the_fold_outputs(variant_cv, tm
         assert table.loc[method, "verdict_cv"] == comp["verdict_cv"]
         assert table.loc[method, "reference"] == "abmil"
     assert pd.isna(table.loc["abmil", "diff_cv"])
+
+
+def test_report_shows_fold_dots_intervals_and_comparisons_in_words(laid_out):
+    from pipeline.report import comparisons
+
+    part = pd.read_csv(laid_out / "summary.csv")
+    block = comparisons.section_html(part)
+    assert "Intervals" in block and "Comparisons with the reference" in block
+    for _, row in part[part["method"] != "abmil"].iterrows():
+        assert row["verdict_cv"].replace("'", "&#x27;") in block  # the words of in_words
+    assert block.count("holdout") == 3 + 2  # the protocol beside every row of both tables
+    values = comparisons.per_fold_values(laid_out, part.iloc[2], "auc")
+    assert len(values) == 4 and sorted(set(values["repeat"])) == [0, 1]
+    fig = comparisons.fold_dots(laid_out, part)
+    assert fig.png.startswith(b"\x89PNG") and "holdout protocol" in fig.title
