@@ -17,7 +17,11 @@ Layout of ``results_dir``::
     splits/{task}/repeat{r}.csv                folds of repeat r (mil.repeats > 1)
     mil/{task}/{encoder}/{method}/fold{k}/     one trained model (FOLD_FILES); method = a method or
                                                a variant; with repeats > 1: .../repeat{r}/fold{k}/
-    mil/{task}/{encoder}/{method}/summary.json mean +- std over folds
+    mil/{task}/{encoder}/{method}/summary.json mean +- std over folds, intervals
+    external/{task}/{encoder}/{method}/[repeat{r}/]fold{k}.csv|.json
+                                               a fold model's predictions/metrics on the task's
+                                               external cohort (`wsi-mil predict`)
+    external/{task}/{encoder}/{method}/summary.json   the same statistics on the external cohort
     summary.csv  report/index.html  report/slides.csv
     logs/{stage}/...log  benchmarks/{stage}/...tsv
 """
@@ -51,6 +55,8 @@ EFFECTIVE_CONFIG = "config.effective.yaml"
 RUN_MANIFEST = "run.json"  # the slides, encoders and benchmark files of the current run (report)
 
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
+# summary.json of the cross-validation (mil/) and of the external cohort (external/)
+COHORT_DIRS = {"cv": "mil", "external": "external"}
 _REPEAT_DIR = re.compile(r"^repeat(\d+)$")
 
 
@@ -96,11 +102,22 @@ def fold_complete(fold_dir: str | os.PathLike) -> bool:
 
 
 def summary_parts(path: str | os.PathLike) -> tuple[str, str, str] | None:
-    """(task, encoder, method) of ``.../mil/{task}/{encoder}/{method}/summary.json``, else None."""
+    """(task, encoder, method) of ``.../{mil,external}/{task}/{encoder}/{method}/summary.json``."""
     parts = Path(path).resolve().parts
-    if len(parts) < 5 or parts[-5] != "mil" or parts[-1] != SUMMARY_JSON:
+    if len(parts) < 5 or parts[-5] not in COHORT_DIRS.values() or parts[-1] != SUMMARY_JSON:
         return None
     return parts[-4], parts[-3], parts[-2]
+
+
+def summary_cohort(path: str | os.PathLike) -> str:
+    """``cv`` for a summary under ``mil/``, ``external`` for one under ``external/``."""
+    top = Path(path).resolve().parts[-5]
+    return next(k for k, v in COHORT_DIRS.items() if v == top)
+
+
+def external_fold_file(method_dir: str, fold: int | str, repeat: int | str | None, ext: str) -> str:
+    """``{method_dir}/[repeat{r}/]fold{k}.{ext}``: one fold model's output on an external cohort."""
+    return "/".join([method_dir, *_repeat_parts(repeat), f"{fold_name(fold)}.{ext}"])
 
 
 @dataclass(frozen=True)
@@ -185,6 +202,23 @@ class Layout:
 
     def summary_json(self, task: str, encoder: str, method: str) -> str:
         return f"{self.method_dir(task, encoder, method)}/{SUMMARY_JSON}"
+
+    # --- external validation (a task's `external` cohort, predicted by every fold model) -----------
+    def external_dir(self, task: str, encoder: str, method: str) -> str:
+        return self._join("external", task, encoder, method)
+
+    def external_predictions(
+        self, task: str, encoder: str, method: str, fold: int | str, repeat: int | str | None = None
+    ) -> str:
+        return external_fold_file(self.external_dir(task, encoder, method), fold, repeat, "csv")
+
+    def external_metrics(
+        self, task: str, encoder: str, method: str, fold: int | str, repeat: int | str | None = None
+    ) -> str:
+        return external_fold_file(self.external_dir(task, encoder, method), fold, repeat, "json")
+
+    def external_summary(self, task: str, encoder: str, method: str) -> str:
+        return f"{self.external_dir(task, encoder, method)}/{SUMMARY_JSON}"
 
     # --- Snakemake's own files ----------------------------------------------------------------------
     def log(self, stage: str, *parts: str) -> str:

@@ -8,8 +8,14 @@ For users without Snakemake. Features are read once for all folds. Writes:
   OUTDIR/{reference}/[repeat{r}/]fold{k}/ (with --reference)
   OUTDIR/{method}/[repeat{r}/]fold{k}/    (as `wsi-mil train`; a variant of --config under its own name)
   OUTDIR/{name}/summary.json              (as `wsi-mil evaluate`, for each of them)
+  OUTDIR/external/{name}/[repeat{r}/]fold{k}.csv|.json
+                                          (with --external-features/--external-labels: each fold
+                                           model's predictions on the external cohort, as
+                                           `wsi-mil predict --labels --metrics` writes them)
+  OUTDIR/external/{name}/summary.json     (as `wsi-mil evaluate --external`)
   OUTDIR/summary.csv                      (as `wsi-mil summary`: intervals, and the comparison of
-                                           each with --reference, default the method's baseline)
+                                           each with --reference, default the method's baseline;
+                                           external rows have cohort = external)
 
 A fold whose metrics.json exists is complete and is not trained again, so an interrupted run resumes.
 Task inputs and key=value overrides are those of `wsi-mil train`.
@@ -41,6 +47,18 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--n-boot", type=int, default=2000, help="bootstrap resamples for intervals and tests"
+    )
+    parser.add_argument(
+        "--external-features", type=Path, default=None, help="features of an external cohort"
+    )
+    parser.add_argument(
+        "--external-labels", type=Path, default=None, help="labels of the external cohort"
+    )
+    parser.add_argument(
+        "--external-slides-table",
+        type=Path,
+        default=None,
+        help="slide_id,case_id of the external cohort (survival)",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
 
@@ -123,7 +141,11 @@ def run(args) -> int:
         summary = summarize(fold_dirs, n_boot=args.n_boot)
         write_json(out / name / layout.SUMMARY_JSON, summary)
         log.info("%s", format_summary(summary))
+        if args.external_labels:
+            _external(args, out, name, fold_dirs, task.type)
     paths = [out / name / layout.SUMMARY_JSON for name in names]
+    if args.external_labels:
+        paths += [out / "external" / name / layout.SUMMARY_JSON for name in names]
     table = summary_table(paths)
     table.insert(0, "task", Path(args.labels).stem)
     table.insert(1, "encoder", Path(args.features).name)
@@ -138,6 +160,40 @@ def run(args) -> int:
         log.info("%s vs %s: %s", args.method, reference, row["verdict_cv"])
         log.info("%s vs %s (pooled): %s", args.method, reference, row["verdict_pooled"])
     return 0
+
+
+def _external(args, out: Path, name: str, fold_dirs, task_type: str) -> None:
+    """Every fold model of ``name`` predicts the external cohort (as `wsi-mil predict`), then its
+    external summary."""
+    from pipeline import layout
+    from pipeline.errors import PipelineError
+    from pipeline.mil.comparison import external_summary
+    from pipeline.mil.predict import predict
+    from pipeline.store import write_json, write_text
+
+    if args.external_features is None:
+        raise PipelineError(
+            "--external-labels", "needs --external-features", "Pass both, or neither."
+        )
+    files = []
+    method_dir = str(out / "external" / name)
+    for fold_dir in fold_dirs:
+        r, k = layout.fold_repeat(fold_dir), layout.fold_number(fold_dir)
+        repeat = r if Path(fold_dir).parent.name.startswith("repeat") else None
+        csv_path = layout.external_fold_file(method_dir, k, repeat, "csv")
+        json_path = layout.external_fold_file(method_dir, k, repeat, "json")
+        result = predict(
+            fold_dir,
+            args.external_features,
+            args.external_labels,
+            args.external_slides_table,
+            args.device,
+        )
+        write_text(csv_path, result.pop("predictions").to_csv(index=False))
+        write_json(json_path, result)
+        files.append((r, k, csv_path, json_path))
+    summary = external_summary(name, files, task_type, n_boot=args.n_boot)
+    write_json(Path(method_dir) / layout.SUMMARY_JSON, summary)
 
 
 def _read_json(path):

@@ -105,15 +105,21 @@ def add_comparisons(
         table[col] = None
     if table.empty:
         return table
+    if "cohort" not in table:
+        table["cohort"] = "cv"
     reference = reference or default_reference(list(dict.fromkeys(table["method"])))
     cache: dict[int, MethodResults] = {}
 
     def results(i: int) -> MethodResults:
-        if i not in cache:
-            cache[i] = method_results(summaries[i]["method"], summaries[i]["fold_dirs"])
+        s = summaries[i]
+        if i not in cache and s.get("cohort") == "external":
+            files = [(int(r), int(k), c, j) for r, k, c, j in s["files"]]
+            cache[i] = external_results(s["method"], files, s["task_type"])
+        elif i not in cache:
+            cache[i] = method_results(s["method"], s["fold_dirs"])
         return cache[i]
 
-    for (_, _), part in table.groupby(["task", "encoder"], sort=False):
+    for (_, _, cohort), part in table.groupby(["task", "encoder", "cohort"], sort=False):
         refs = part.index[part["method"] == reference]
         if len(refs) == 0:
             continue
@@ -122,13 +128,114 @@ def add_comparisons(
             if i == r:
                 table.loc[i, "reference"] = reference
                 continue
-            record = comparison(
-                results(r),
-                results(i),
-                summaries[i]["task_type"],
-                n_boot=n_boot,
-                seed=int(table.loc[i].get("seed") or 0),
-            )
+            task_type = summaries[i]["task_type"]
+            if cohort == "external":
+                record = external_comparison(results(r), results(i), task_type, n_boot=n_boot)
+            else:
+                seed = int(table.loc[i].get("seed") or 0)
+                record = comparison(results(r), results(i), task_type, n_boot=n_boot, seed=seed)
             for key, value in record.items():
                 table.at[i, key] = value
     return table
+
+
+# --- external cohort -------------------------------------------------------------------------------
+def ensemble(predictions: pd.DataFrame, task_type: str) -> pd.DataFrame:
+    """One row per slide (classification) or case (survival) of one repeat: the fold models' mean
+    scores (or risk); the hard prediction is the fold models' majority (ties: first class in order)."""
+    key = "case_id" if task_type == "survival" else "slide_id"
+    numeric = [c for c in predictions if c.startswith(("score_", "risk", "survival_"))]
+    first = [c for c in predictions if c not in numeric and c not in ("prediction", "fold")]
+    grouped = predictions.groupby(key, sort=True)
+    out = grouped[first].first().drop(columns=[key], errors="ignore").join(grouped[numeric].mean())
+    if "prediction" in predictions:
+        out["prediction"] = grouped["prediction"].agg(lambda s: s.astype(str).mode().iloc[0])
+    return out.reset_index()
+
+
+def external_results(
+    name: str, files: Sequence[tuple[int, int, str, str]], task_type: str
+) -> MethodResults:
+    """``files`` = (repeat, fold, predictions CSV, metrics JSON) of each fold model on the external
+    cohort: fold metrics as each model scored it, and per repeat the ensemble of the fold models."""
+    import json as _json
+
+    rows, preds = [], []
+    for repeat, fold, csv_path, json_path in files:
+        with open(json_path) as handle:
+            result = _json.load(handle)
+        metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, int | float)}
+        rows.append({"repeat": repeat, "fold": fold, **metrics, "n_test": result["bags"]})
+        preds.append(pd.read_csv(csv_path, dtype={"case_id": str}).assign(repeat=repeat, fold=fold))
+    if not rows:
+        raise PipelineError(name, "no external predictions", "Run the fold models on the cohort.")
+    frame = pd.concat(preds, ignore_index=True)
+    pooled = [ensemble(part, task_type).assign(repeat=r) for r, part in frame.groupby("repeat")]
+    return MethodResults(name, pd.DataFrame(rows), pd.concat(pooled, ignore_index=True))
+
+
+def external_summary(
+    name: str, files: Sequence[tuple[int, int, str, str]], task_type: str, n_boot: int = N_BOOT
+) -> dict[str, Any]:
+    """``summary.json`` of a method on the external cohort (the same shape as the CV summary)."""
+    import json as _json
+
+    from pipeline.mil.metrics import mean_std
+
+    results = external_results(name, files, task_type)
+    folds = results.fold_metrics
+    optimistic = False
+    for *_, json_path in files:
+        with open(json_path) as handle:
+            optimistic |= bool(_json.load(handle).get("optimistic_model"))
+    metric_cols = [c for c in folds if c not in ("repeat", "fold", "n_test", "events", "cases")]
+    return {
+        "method": name,
+        "task_type": task_type,
+        "cohort": "external",
+        "protocol": "paper" if optimistic else "holdout",
+        "optimistic": optimistic,
+        "n_folds": len(folds),
+        "folds": folds["fold"].tolist(),
+        "repeats": folds["repeat"].tolist(),
+        "files": [list(map(str, f)) for f in files],
+        "metrics": {
+            m: {**mean_std(folds[m].tolist()), "values": folds[m].tolist()} for m in metric_cols
+        },
+        "efficiency": {},
+        "per_fold": [
+            {
+                "repeat": int(r["repeat"]),
+                "fold": int(r["fold"]),
+                "test": {m: r[m] for m in metric_cols},
+            }
+            for _, r in folds.iterrows()
+        ],
+        "stats": method_statistics(results, task_type, n_boot=n_boot),
+    }
+
+
+def external_comparison(
+    reference: MethodResults, other: MethodResults, task_type: str, *, n_boot: int = N_BOOT
+) -> dict[str, Any]:
+    """``other - reference`` on the external cohort: the paired test on the fold models' ensembles.
+
+    The corrected resampled t-test is for CV test folds; on one fixed external cohort the fold models
+    differ only in their training data, so only the pooled paired test is reported.
+    """
+    from pipeline.stats.compare import DISPLAY, MAIN_METRIC, _pooled_rows, paired_pooled
+    from pipeline.stats.repeated import in_words
+
+    metric = MAIN_METRIC[task_type]
+    a, _ = _pooled_rows(reference.predictions, task_type)
+    b, _ = _pooled_rows(other.predictions, task_type)
+    pooled = paired_pooled(a, b, task_type, metric, n_boot=n_boot)
+    return {
+        "reference": reference.name,
+        "diff_pooled": pooled["estimate"],
+        "diff_pooled_ci_low": pooled["ci_low"],
+        "diff_pooled_ci_high": pooled["ci_high"],
+        "diff_pooled_p": pooled["p_value"],
+        "diff_pooled_test": pooled["test"],
+        "verdict_pooled": in_words(pooled, DISPLAY.get(metric, metric)),
+    }

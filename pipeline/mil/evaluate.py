@@ -113,6 +113,7 @@ def summary_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "summary": str(path),
             "method": s["method"],
+            "cohort": s.get("cohort", "cv"),
             "task_type": s["task_type"],
             "protocol": s["protocol"],
             "optimistic": s["optimistic"],
