@@ -185,6 +185,48 @@ def comparison_table(part: pd.DataFrame) -> str:
     )
 
 
-def section_html(part: pd.DataFrame) -> str:
-    """The HTML blocks of one task (empty when summary.csv has no statistics columns)."""
-    return intervals_table(part) + comparison_table(part)
+def split_cohorts(models: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cross-validation rows, external-cohort rows) of summary.csv."""
+    if "cohort" not in models:
+        return models, models.iloc[0:0]
+    external = models["cohort"].astype(str) == "external"
+    return models[~external].reset_index(drop=True), models[external].reset_index(drop=True)
+
+
+def section_html(part: pd.DataFrame, external: pd.DataFrame | None = None) -> str:
+    """The HTML blocks of one task (empty when summary.csv has no statistics columns); the
+    external cohort's rows, when there are any, in their own part below."""
+    out = intervals_table(part) + comparison_table(part)
+    if external is not None and not external.empty:
+        out += (
+            "<h4>External cohort</h4><p class='small'>Every fold model predicts the external "
+            "cohort; mean and interval over the fold models, pooled = their ensemble (mean score). "
+            "Comparisons: paired test on the ensembles.</p>"
+            + intervals_table(external)
+            + comparison_table_external(external)
+        )
+    return out
+
+
+def comparison_table_external(part: pd.DataFrame) -> str:
+    """External rows against the reference: the paired pooled test only."""
+    if "diff_pooled" not in part or part["diff_pooled"].isna().all():
+        return ""
+    rows = [
+        [
+            html.esc(r["encoder"]),
+            html.esc(r["method"]),
+            html.esc(r["reference"]),
+            _interval(r, "diff_pooled"),
+            html.fmt(_num(r.get("diff_pooled_p")))
+            + f" <span class='small'>{html.esc(r.get('diff_pooled_test', ''))}</span>",
+            html.esc(r.get("verdict_pooled", "")),
+            _protocol(r),
+        ]
+        for _, r in part[part["diff_pooled"].notna()].iterrows()
+    ]
+    return html.table(
+        ["encoder", "method", "reference", "Δ ensemble [95 % CI]", "p (paired)", "in words",
+         "protocol"],
+        rows,
+    )  # fmt: skip

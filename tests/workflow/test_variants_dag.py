@@ -9,11 +9,19 @@ import yaml
 from .test_dag import DEMO, fake_cohort
 
 
-def test_variants_and_repeats_share_folds_and_teacher_checkpoints(tmp_path, snakemake, job_counts):
+def test_variants_repeats_and_external_cohort_in_the_dag(tmp_path, snakemake, job_counts):
     fake_cohort(tmp_path, n_slides=6, missing=0)
+    ext = tmp_path / "ext"
+    (ext / "slides").mkdir(parents=True)
+    rows = ["slide_id,case_id,label"]
+    for i in range(4):
+        (ext / "slides" / f"ext{i}.svs").touch()
+        rows.append(f"ext{i},ec{i},{['normal', 'tumor'][i % 2]}")
+    (ext / "labels.csv").write_text("\n".join(rows) + "\n")
+    task = {**DEMO["tasks"][0], "external": {"slides_dir": "ext/slides", "table": "ext/labels.csv"}}
     config = {
         **DEMO,
-        "tasks": DEMO["tasks"][:1],
+        "tasks": [task],
         "mil": {
             "methods": ["abmil", "mhim_abmil"],
             "folds": 2,
@@ -28,6 +36,15 @@ def test_variants_and_repeats_share_folds_and_teacher_checkpoints(tmp_path, snak
     assert counts["splits"] == 2  # one fold assignment per repeat
     assert counts["train"] == 3 * 2 * 2  # abmil, mhim_abmil, the variant x 2 repeats x 2 folds
     assert counts["evaluate"] == 3
+    # the external cohort is tiled and embedded like the rest and predicted by every fold model
+    assert counts["tile"] == 6 + 4 and counts["extract"] == 6 + 4
+    assert counts["external_predict"] == 12 and counts["external_evaluate"] == 3
+    predicts = re.findall(r"wsi-mil predict --model (\S+) .*?--labels (\S+) +-o (\S+)", proc.stdout)
+    assert len(predicts) == 12
+    for model, table, out in predicts:
+        assert table == "ext/labels.csv"
+        tail = re.search(r"mil/tumour/efficientnet_lite0/(\S+/repeat\d/fold\d)$", model).group(1)
+        assert out.endswith(f"external/tumour/efficientnet_lite0/{tail}.csv")
     runs = re.findall(
         r"--splits (\S+) --fold (\d) --method (\S+) .*?-o (\S+)(?: --teacher-init (\S+))?",
         proc.stdout,

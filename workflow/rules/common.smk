@@ -179,6 +179,40 @@ def task_slide_ids(task):
 TASK_SLIDES = {name: task_slide_ids(task) for name, task in TASKS.items()}
 
 
+# --- external cohorts (a task's optional `external` part) ------------------------------------------
+
+
+def external_slides(task):
+    """Slides of a task's external cohort: found in its slides_dir and listed in its table. They
+    are tiled and embedded like the rest, so an id must not clash with a slide of another folder.
+    """
+    ext = task["external"]
+    found = discover_slides(ext["slides_dir"], config["slide_extensions"])
+    clash = sorted(sid for sid in found if sid in SLIDES and SLIDES[sid] != found[sid])
+    if clash:
+        raise WorkflowError(
+            f"task '{task['name']}': external slide id(s) {', '.join(clash)} also name slides of "
+            f"{config['slides_dir']}; their outputs would collide. Rename one of each pair."
+        )
+    table = ext.get("slides_table") or ext["table"]
+    rows = read_table(table, f"task '{task['name']}' external table", ["slide_id"]).rows
+    listed = list(dict.fromkeys(row["slide_id"] for row in rows if row["slide_id"]))
+    present = [sid for sid in listed if sid in found]
+    if not present:
+        raise WorkflowError(
+            f"task '{task['name']}': none of the {len(listed)} slides in {table} is in "
+            f"{ext['slides_dir']}. Check the external slide ids against the table."
+        )
+    SLIDES.update({sid: found[sid] for sid in present})
+    return present
+
+
+EXTERNAL_SLIDES = {
+    name: external_slides(task) for name, task in TASKS.items() if task.get("external")
+}
+SLIDE_IDS = list(SLIDES)
+
+
 # --- methods, encoders, folds -------------------------------------------------------------------
 
 ENCODERS = list(dict.fromkeys(config["features"]["encoders"]))
@@ -313,11 +347,44 @@ use_wsi_mil_command()
 
 
 def all_summaries():
-    return [
+    cv = [
         OUT.summary_json(task, encoder, method)
         for task in TASKS
         for encoder in ENCODERS
         for method in TRAINED_METHODS
+    ]
+    external = [
+        OUT.external_summary(task, encoder, method)
+        for task in EXTERNAL_SLIDES
+        for encoder in ENCODERS
+        for method in TRAINED_METHODS
+    ]
+    return cv + external
+
+
+def external_inputs(w):
+    """What a fold model needs to predict the external cohort: the model, its features, tables."""
+    ext = TASKS[w.task]["external"]
+    repeat = wildcard_repeat(w)
+    inputs = {
+        "model": OUT.fold_file(w.task, w.encoder, w.method, w.fold, "model", repeat),
+        "model_json": OUT.fold_file(
+            w.task, w.encoder, w.method, w.fold, "model_json", repeat
+        ),
+        "features": [OUT.features(w.encoder, s) for s in EXTERNAL_SLIDES[w.task]],
+        "table": ext["table"],
+    }
+    if ext.get("slides_table"):
+        inputs["slides_table"] = ext["slides_table"]
+    return inputs
+
+
+def external_files(task, encoder, method):
+    """Every fold model's external predictions of a method (the external evaluate rule's inputs)."""
+    return [
+        OUT.external_predictions(task, encoder, method, k, r)
+        for r in REPEATS
+        for k in FOLDS
     ]
 
 
@@ -387,6 +454,20 @@ def run_benchmarks():
                     for k in FOLDS
                 ]
                 jobs.append(("evaluate", t, e, m))
+                if t in EXTERNAL_SLIDES:
+                    jobs += [
+                        (
+                            "external",
+                            t,
+                            e,
+                            m,
+                            *([repeat_name(r)] if r is not None else []),
+                            fold_name(k),
+                        )
+                        for r in REPEATS
+                        for k in FOLDS
+                    ]
+                    jobs.append(("external_evaluate", t, e, m))
     jobs += [("summary", "summary"), ("report", "report")]
     return [os.path.relpath(OUT.benchmark(*job), RESULTS) for job in jobs]
 

@@ -14,6 +14,7 @@ FOLD_PARTS = [*([repeat_name(REPEAT)] if REPEAT else []), fold_name("{fold}")]
 localrules:
     splits,
     evaluate,
+    external_evaluate,
 
 
 rule splits:
@@ -103,3 +104,63 @@ rule evaluate:
         dirs=lambda w, input: " ".join(shlex.quote(os.path.dirname(p)) for p in input),
     shell:
         "wsi-mil evaluate {params.dirs} -o {output:q} > {log:q} 2>&1"
+
+
+# External validation: each fold model predicts the task's external cohort (`wsi-mil predict`),
+# then the same statistics over the fold models and on their ensemble. Heatmaps of external slides
+# can hang off OUT.external_predictions / EXTERNAL_SLIDES.
+rule external_predict:
+    input:
+        unpack(external_inputs),
+    output:
+        csv=OUT.external_predictions(
+            "{task}", "{encoder}", "{method}", "{fold}", REPEAT
+        ),
+        json=OUT.external_metrics("{task}", "{encoder}", "{method}", "{fold}", REPEAT),
+    log:
+        OUT.log("external", "{task}", "{encoder}", "{method}", *FOLD_PARTS),
+    benchmark:
+        OUT.benchmark("external", "{task}", "{encoder}", "{method}", *FOLD_PARTS)
+    wildcard_constraints:
+        task=alternatives(EXTERNAL_SLIDES),
+        encoder=alternatives(ENCODERS),
+        method=alternatives(TRAINED_METHODS),
+    conda:
+        "../../envs/mil.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        model=lambda w, input: os.path.dirname(input.model),
+        features=lambda w: OUT.features_dir(w.encoder),
+        slides_table=lambda w, input: (
+            f"--slides-table {shlex.quote(input.slides_table)}"
+            if "slides_table" in input.keys()
+            else ""
+        ),
+    shell:
+        "wsi-mil predict --model {params.model:q} --features {params.features:q}"
+        " --labels {input.table:q} {params.slides_table} -o {output.csv:q}"
+        " --metrics {output.json:q} > {log:q} 2>&1"
+
+
+rule external_evaluate:
+    input:
+        lambda w: external_files(w.task, w.encoder, w.method),
+    output:
+        OUT.external_summary("{task}", "{encoder}", "{method}"),
+    log:
+        OUT.log("external_evaluate", "{task}", "{encoder}", "{method}"),
+    benchmark:
+        OUT.benchmark("external_evaluate", "{task}", "{encoder}", "{method}")
+    wildcard_constraints:
+        task=alternatives(EXTERNAL_SLIDES),
+    conda:
+        "../../envs/mil.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "wsi-mil evaluate --external {input:q} -o {output:q} > {log:q} 2>&1"
