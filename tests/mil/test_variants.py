@@ -12,6 +12,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import config_errors
+from pipeline.mil.folder import FoldFolder
 from pipeline.mil.models import create_mil_model
 from pipeline.settings import MILSettings
 
@@ -102,6 +103,9 @@ def test_variant_folds_use_the_teachers_of_the_full_method(variant_cv):
                 variant_cv / "mhim_abmil" / part / "model.pt", weights_only=True
             )
             assert any(k.startswith("grn.") for k in full_state)
+    # `wsi-mil predict` rebuilds the variant from model.json (base method + its settings)
+    model, _ = FoldFolder(variant_cv / "no_grn" / "repeat1" / "fold0").load_model("cpu")
+    assert model.grn is None
 
 
 def test_variant_appears_under_its_own_name_in_the_summary(variant_cv):
