@@ -24,6 +24,7 @@ from pipeline.layout import fold_repeat
 from pipeline.mil.comparison import method_results, method_statistics
 from pipeline.mil.folder import FoldFolder
 from pipeline.mil.metrics import OPTIMISTIC_NOTE, mean_std
+from pipeline.stats import summary_columns
 from pipeline.stats.bootstrap import N_BOOT
 
 EFFICIENCY_KEYS = (
@@ -125,7 +126,11 @@ def summary_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             row[name] = m["mean"]
         row.update(s.get("stats", {}))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # the statistics columns in the documented order (summary.json stores keys sorted)
+    stats = [c for t in dict.fromkeys(table.get("task_type", [])) for c in summary_columns(t)]
+    stats = [c for c in dict.fromkeys(stats) if c in table.columns]
+    return table[[c for c in table.columns if c not in stats] + stats]
 
 
 def format_summary(summary: dict[str, Any]) -> str:
