@@ -145,15 +145,17 @@ def _variant_errors(mil: dict[str, Any], source: str) -> list[str]:
     variants = mil.get("variants") if isinstance(mil.get("variants"), dict) else {}
     for name, spec in variants.items():
         where = f"{source}: 'mil.variants.{name}'"
-        base = spec.get("method") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or "method" not in spec:
+            continue  # the schema reports it
+        base = spec["method"]
         if name in METHODS:
             lines.append(f"{where}: a method has this name; give the variant its own name")
         elif base not in METHODS:
             lines.append(f"{where}: method {base!r} is not one of {', '.join(METHODS)}")
         else:
             for key, overrides in spec.items():
-                if key not in ("mhim", "msm"):  # method, or an unknown key the schema reports
-                    continue
+                if key not in ("mhim", "msm") or not isinstance(overrides, dict | None):
+                    continue  # method, or a key/shape the schema reports
                 if key != switch_section(base):
                     lines.append(
                         f"{where}: method {base} has no '{key}' switches"
