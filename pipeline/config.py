@@ -119,8 +119,66 @@ def _cross_field_errors(config: dict[str, Any], source: str) -> list[str]:
         lines += [
             f"{source}: 'mil.methods' has {name!r}: expected one of {', '.join(METHODS)}"
             for name in methods
-            if name not in METHODS
+            if name not in METHODS and name not in (mil.get("variants") or {})
         ]
+    if isinstance(mil, dict):
+        lines += _variant_errors(mil, source)
+    return lines
+
+
+def _skeleton() -> dict[str, Any]:
+    """The smallest config the schema accepts, to validate one section on its own."""
+    return {
+        "slides_dir": "",
+        "results_dir": "",
+        "tasks": [{"name": "x", "type": "classification", "table": ""}],
+    }
+
+
+def _variant_errors(mil: dict[str, Any], source: str) -> list[str]:
+    """One line per bad ``mil.variants`` entry: unknown base method, a switch section the base method
+    does not have, an unknown or out-of-range switch (checked by the schema on the merged section),
+    a name that shadows a method, and a ``mil.reference`` that names nothing that runs."""
+    from pipeline.methods import METHODS, switch_section
+
+    lines = []
+    variants = mil.get("variants") if isinstance(mil.get("variants"), dict) else {}
+    for name, spec in variants.items():
+        where = f"{source}: 'mil.variants.{name}'"
+        if not isinstance(spec, dict) or "method" not in spec:
+            continue  # the schema reports it
+        base = spec["method"]
+        if name in METHODS:
+            lines.append(f"{where}: a method has this name; give the variant its own name")
+        elif base not in METHODS:
+            lines.append(f"{where}: method {base!r} is not one of {', '.join(METHODS)}")
+        else:
+            for key, overrides in spec.items():
+                if key not in ("mhim", "msm") or not isinstance(overrides, dict | None):
+                    continue  # method, or a key/shape the schema reports
+                if key != switch_section(base):
+                    lines.append(
+                        f"{where}: method {base} has no '{key}' switches"
+                        + (
+                            f" (its switches: {switch_section(base)})"
+                            if switch_section(base)
+                            else ""
+                        )
+                    )
+                    continue
+                merged = {**(mil.get(key) or {}), **(overrides or {})}
+                wrapped = {**_skeleton(), "mil": {key: merged}}
+                lines += [
+                    f"{where}: " + p.removeprefix("variant: ").replace("'mil.", "'")
+                    for p in config_errors(wrapped, "variant")
+                ]
+    reference = mil.get("reference")
+    runs = list(mil.get("methods") or []) + list(variants)
+    if reference is not None and reference not in runs:
+        lines.append(
+            f"{source}: 'mil.reference' = {reference!r}: expected one of the methods or variants "
+            f"that run ({', '.join(map(str, runs))})"
+        )
     return lines
 
 

@@ -13,9 +13,15 @@ Layout of ``results_dir``::
     run.json                                   what the current run is made of (for the report)
     tiles/{slide}.zarr    qc/{slide}.png       tiling
     features/{encoder}/{slide}.zarr            feature extraction
-    splits/{task}.csv                          folds per task
-    mil/{task}/{encoder}/{method}/fold{k}/     one trained model (FOLD_FILES)
-    mil/{task}/{encoder}/{method}/summary.json mean +- std over folds
+    splits/{task}.csv                          folds per task (mil.repeats = 1)
+    splits/{task}/repeat{r}.csv                folds of repeat r (mil.repeats > 1)
+    mil/{task}/{encoder}/{method}/fold{k}/     one trained model (FOLD_FILES); method = a method or
+                                               a variant; with repeats > 1: .../repeat{r}/fold{k}/
+    mil/{task}/{encoder}/{method}/summary.json mean +- std over folds, intervals
+    external/{task}/{encoder}/{method}/[repeat{r}/]fold{k}.csv|.json
+                                               a fold model's predictions/metrics on the task's
+                                               external cohort (`wsi-mil predict`)
+    external/{task}/{encoder}/{method}/summary.json   the same statistics on the external cohort
     summary.csv  report/index.html  report/slides.csv
     logs/{stage}/...log  benchmarks/{stage}/...tsv
 """
@@ -49,6 +55,29 @@ EFFECTIVE_CONFIG = "config.effective.yaml"
 RUN_MANIFEST = "run.json"  # the slides, encoders and benchmark files of the current run (report)
 
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
+# summary.json of the cross-validation (mil/) and of the external cohort (external/)
+COHORT_DIRS = {"cv": "mil", "external": "external"}
+_REPEAT_DIR = re.compile(r"^repeat(\d+)$")
+
+
+def repeat_ids(repeats: int) -> list[int | None]:
+    """The repeat part of every path: ``[None]`` for one repeat (today's paths), else ``0..R-1``."""
+    return [None] if int(repeats) == 1 else list(range(int(repeats)))
+
+
+def repeat_name(repeat: int | str) -> str:
+    """``repeat{r}``: the folder of repeat r (wildcards such as ``{repeat}`` pass through)."""
+    return f"repeat{repeat}"
+
+
+def fold_repeat(fold_dir: str | os.PathLike) -> int:
+    """r for a fold folder inside ``repeat{r}/``, else 0 (one repeat: no repeat folder)."""
+    match = _REPEAT_DIR.match(Path(fold_dir).parent.name)
+    return int(match.group(1)) if match else 0
+
+
+def _repeat_parts(repeat: int | str | None) -> list[str]:
+    return [] if repeat is None else [repeat_name(repeat)]
 
 
 def fold_name(fold: int | str) -> str:
@@ -73,11 +102,22 @@ def fold_complete(fold_dir: str | os.PathLike) -> bool:
 
 
 def summary_parts(path: str | os.PathLike) -> tuple[str, str, str] | None:
-    """(task, encoder, method) of ``.../mil/{task}/{encoder}/{method}/summary.json``, else None."""
+    """(task, encoder, method) of ``.../{mil,external}/{task}/{encoder}/{method}/summary.json``."""
     parts = Path(path).resolve().parts
-    if len(parts) < 5 or parts[-5] != "mil" or parts[-1] != SUMMARY_JSON:
+    if len(parts) < 5 or parts[-5] not in COHORT_DIRS.values() or parts[-1] != SUMMARY_JSON:
         return None
     return parts[-4], parts[-3], parts[-2]
+
+
+def summary_cohort(path: str | os.PathLike) -> str:
+    """``cv`` for a summary under ``mil/``, ``external`` for one under ``external/``."""
+    top = Path(path).resolve().parts[-5]
+    return next(k for k, v in COHORT_DIRS.items() if v == top)
+
+
+def external_fold_file(method_dir: str, fold: int | str, repeat: int | str | None, ext: str) -> str:
+    """``{method_dir}/[repeat{r}/]fold{k}.{ext}``: one fold model's output on an external cohort."""
+    return "/".join([method_dir, *_repeat_parts(repeat), f"{fold_name(fold)}.{ext}"])
 
 
 @dataclass(frozen=True)
@@ -139,24 +179,57 @@ class Layout:
         return self._join("staging", "features", encoder, f"group-{group}.json")
 
     # --- MIL ----------------------------------------------------------------------------------------
-    def splits(self, task: str) -> str:
-        return self._join("splits", f"{task}.csv")
+    def splits(self, task: str, repeat: int | str | None = None) -> str:
+        """The folds of a task (of one repeat when ``repeat`` is given: ``mil.repeats`` > 1)."""
+        if repeat is None:
+            return self._join("splits", f"{task}.csv")
+        return self._join("splits", task, f"{repeat_name(repeat)}.csv")
 
     def method_dir(self, task: str, encoder: str, method: str) -> str:
         return self._join("mil", task, encoder, method)
 
-    def fold_dir(self, task: str, encoder: str, method: str, fold: int | str) -> str:
-        return self._join("mil", task, encoder, method, fold_name(fold))
+    def fold_dir(
+        self, task: str, encoder: str, method: str, fold: int | str, repeat: int | str | None = None
+    ) -> str:
+        parts = [*_repeat_parts(repeat), fold_name(fold)]
+        return self._join("mil", task, encoder, method, *parts)
 
-    def fold_file(self, task: str, encoder: str, method: str, fold: int | str, key: str) -> str:
-        return f"{self.fold_dir(task, encoder, method, fold)}/{FOLD_FILES[key]}"
+    def fold_file(
+        self,
+        task: str,
+        encoder: str,
+        method: str,
+        fold: int | str,
+        key: str,
+        repeat: int | str | None = None,
+    ) -> str:
+        return f"{self.fold_dir(task, encoder, method, fold, repeat)}/{FOLD_FILES[key]}"
 
-    def fold_files(self, task: str, encoder: str, method: str, fold: int | str) -> dict[str, str]:
+    def fold_files(
+        self, task: str, encoder: str, method: str, fold: int | str, repeat: int | str | None = None
+    ) -> dict[str, str]:
         """Every file of one fold folder by key (the train rule's named outputs)."""
-        return {k: self.fold_file(task, encoder, method, fold, k) for k in FOLD_FILES}
+        return {k: self.fold_file(task, encoder, method, fold, k, repeat) for k in FOLD_FILES}
 
     def summary_json(self, task: str, encoder: str, method: str) -> str:
         return f"{self.method_dir(task, encoder, method)}/{SUMMARY_JSON}"
+
+    # --- external validation (a task's `external` cohort, predicted by every fold model) -----------
+    def external_dir(self, task: str, encoder: str, method: str) -> str:
+        return self._join("external", task, encoder, method)
+
+    def external_predictions(
+        self, task: str, encoder: str, method: str, fold: int | str, repeat: int | str | None = None
+    ) -> str:
+        return external_fold_file(self.external_dir(task, encoder, method), fold, repeat, "csv")
+
+    def external_metrics(
+        self, task: str, encoder: str, method: str, fold: int | str, repeat: int | str | None = None
+    ) -> str:
+        return external_fold_file(self.external_dir(task, encoder, method), fold, repeat, "json")
+
+    def external_summary(self, task: str, encoder: str, method: str) -> str:
+        return f"{self.external_dir(task, encoder, method)}/{SUMMARY_JSON}"
 
     # --- Snakemake's own files ----------------------------------------------------------------------
     def log(self, stage: str, *parts: str) -> str:

@@ -9,6 +9,7 @@ How each method differs from its paper and public code: docs/architecture.md, "M
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -160,6 +161,23 @@ def method_info(name: str) -> dict[str, Any]:
     return _info(get_method(name))
 
 
+def switch_section(name: str) -> str | None:
+    """The ``mil`` section holding the switches a variant of method ``name`` may override (or None)."""
+    return {"mhim": "mhim", "msm": "msm"}.get(get_method(name).family)
+
+
 def baseline_of(name: str) -> str | None:
     """The method whose same-fold checkpoint initialises ``name``'s teacher (None when it has none)."""
     return get_method(name).baseline
+
+
+def default_reference(methods: Sequence[str], variants: dict[str, Any] | None = None) -> str:
+    """The first baseline (a method without a teacher) in ``methods``; else the first one's baseline."""
+    variants = variants or {}
+    for name in methods:
+        if name in METHODS and METHODS[name].baseline is None:
+            return name
+    first = methods[0]
+    base = variants[first]["method"] if first in variants else first
+    spec = METHODS.get(base)
+    return (spec.baseline if spec else None) or first

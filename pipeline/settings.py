@@ -77,6 +77,9 @@ class MILSettings:
     hidden_dim: int
     precision: str
     survival_bins: int
+    repeats: int
+    reference: str | None
+    variants: dict[str, Any]
     mhim: MHIMSettings
     msm: MSMSettings
     model: dict[str, Any] = dataclasses.field(
@@ -123,6 +126,24 @@ class MILSettings:
     def replace(self, **changes: Any) -> MILSettings:
         """A copy with some settings changed (re-validated, so a bad value still gives one line)."""
         return MILSettings.from_mapping({**self.to_dict(), **changes}, source="mil settings")
+
+    def run_names(self) -> list[str]:
+        """Every method and variant to train, in order: ``methods``, then the variants not listed there."""
+        return list(dict.fromkeys([*self.methods, *self.variants]))
+
+    def for_method(self, name: str) -> tuple[str, MILSettings]:
+        """``(base method, settings)`` of a method or a named variant (its switch overrides applied)."""
+        if name not in self.variants:
+            return name, self
+        base, changes = variant_overrides(self.variants[name])
+        current = self.to_dict()
+        merged = {k: {**current[k], **v} for k, v in changes.items()}
+        return base, self.replace(**merged)
+
+
+def variant_overrides(spec: Mapping[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """``(base method, {section: overrides})`` of one ``mil.variants`` entry (schema-checked shape)."""
+    return str(spec["method"]), {k: dict(v or {}) for k, v in spec.items() if k != "method"}
 
 
 @functools.lru_cache(maxsize=1)

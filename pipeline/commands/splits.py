@@ -5,6 +5,7 @@ is `test` in exactly one fold; in the other folds it is `train` or `val` (val = 
 epoch and the decision threshold). Classification tables (slide_id,case_id,label) are stratified by the
 case's label (the majority over its slides); survival tables (case_id,time,event) by event x quantile time
 bin, the validation part by event. All methods of a task share this file, so they see the same folds.
+With --repeat r the folds are those of repeat r of repeated CV (seed + r; ``mil.repeats``).
 Folds, seed, validation fraction and survival bins come from the `mil` section of --config (the schema
 defaults without it), like every other command; the flags override them.
 """
@@ -39,6 +40,12 @@ def add_arguments(parser) -> None:
         default=None,
         help="fraction of each training part used for validation (mil.val_fraction)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="repeat r of repeated CV: folds drawn with seed + r (default: the seed itself)",
+    )
     add_task_type_argument(parser)
     parser.add_argument(
         "--survival-bins",
@@ -50,7 +57,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from pipeline.log import get_logger
-    from pipeline.mil.splits import make_splits
+    from pipeline.mil.splits import make_splits, repeat_seed
     from pipeline.mil.tasks import build_task
     from pipeline.settings import mil_settings
     from pipeline.store import write_text
@@ -66,7 +73,8 @@ def run(args) -> int:
     settings = mil_settings(args.config, {k: v for k, v in flags.items() if v is not None})
     task = build_task(args.task_type, args.table, n_bins=settings.survival_bins)
     strata, val_strata = task.case_strata()
-    splits = make_splits(strata, settings.folds, settings.seed, settings.val_fraction, val_strata)
+    seed = repeat_seed(settings.seed, args.repeat)
+    splits = make_splits(strata, settings.folds, seed, settings.val_fraction, val_strata)
     write_text(args.output, splits.to_csv(index=False))
     counts = splits.groupby(["fold", "role"]).size().unstack(fill_value=0)
     log.info(

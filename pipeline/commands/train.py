@@ -92,17 +92,22 @@ def add_arguments(parser) -> None:
 
 
 def setup(args):
-    """Typed ``mil`` settings (config + overrides), threads and task shared by train and cv."""
+    """Typed ``mil`` settings (config + overrides), threads and task shared by train and cv.
+
+    ``--method`` may name a variant of the config (``mil.variants``); the caller asks
+    ``settings.for_method`` for its base method and settings.
+    """
     import torch
 
     from pipeline.methods import method_info
     from pipeline.mil.tasks import build_task
     from pipeline.settings import mil_settings
 
-    method_info(args.method)  # unknown method: one line before loading anything
+    settings = mil_settings(args.config, args.overrides)
+    if args.method not in settings.variants:
+        method_info(args.method)  # unknown method: one line before loading anything
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = mil_settings(args.config, args.overrides)
     task = build_task(args.task_type, args.labels, args.slides_table, n_bins=settings.survival_bins)
     return settings, task
 
@@ -112,6 +117,7 @@ def run(args) -> int:
     from pipeline.mil.train import prepare_data, train_fold
 
     settings, task = setup(args)
+    base, settings = settings.for_method(args.method)
     splits = read_splits(args.splits)
     bags, _, report = prepare_data(task, args.features)
     train_fold(
@@ -119,11 +125,12 @@ def run(args) -> int:
         bags,
         splits,
         args.fold,
-        args.method,
+        base,
         settings,
         outdir=args.output,
         teacher_init=args.teacher_init,
         device=args.device,
         data_report=report,
+        name=args.method if base != args.method else None,
     )
     return 0

@@ -3,7 +3,10 @@
 Each fold directory's ``metrics.json`` already holds its test metrics computed with the protocol's rules
 (threshold from the validation part; see :mod:`pipeline.mil.metrics`), so the summary only aggregates,
 and refuses to mix methods, task types or protocols. A summary that includes a ``protocol: paper`` fold
-is marked ``optimistic`` with the reason.
+is marked ``optimistic`` with the reason. With repeated CV the folds of every repeat are pooled (a fold
+folder inside ``repeat{r}/`` is repeat r), and ``stats`` holds the intervals of
+:mod:`pipeline.mil.comparison` (t-interval over the repeats' means; DeLong or case bootstrap on the
+pooled out-of-fold predictions).
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.layout import fold_repeat
+from pipeline.mil.comparison import method_results, method_statistics
 from pipeline.mil.folder import FoldFolder
 from pipeline.mil.metrics import OPTIMISTIC_NOTE, mean_std
+from pipeline.stats import summary_columns
+from pipeline.stats.bootstrap import N_BOOT
 
 EFFICIENCY_KEYS = (
     "parameters",
@@ -40,14 +47,18 @@ def _same(folds: list[dict], key: str, dirs: Sequence) -> Any:
     return folds[0].get(key)
 
 
-def summarize(fold_dirs: Sequence[str | os.PathLike]) -> dict[str, Any]:
-    """Mean ± std (ddof 0) over folds of every test metric and efficiency figure."""
+def summarize(fold_dirs: Sequence[str | os.PathLike], n_boot: int = N_BOOT) -> dict[str, Any]:
+    """Mean ± std (ddof 0) over folds (× repeats) of every test metric and efficiency figure."""
     if not fold_dirs:
         raise PipelineError("evaluate", "no fold directory given", "Pass the fold{k} directories.")
     folds = [FoldFolder(d).metrics() for d in fold_dirs]
     numbers = [f["fold"] for f in folds]
-    if len(set(numbers)) < len(numbers):
-        raise PipelineError("evaluate", f"fold numbers repeat: {numbers}", "Pass each fold once.")
+    repeats = [fold_repeat(d) for d in fold_dirs]
+    keys = list(zip(repeats, numbers, strict=True))
+    if len(set(keys)) < len(keys):
+        raise PipelineError(
+            "evaluate", f"(repeat, fold) pairs repeat: {keys}", "Pass each fold once."
+        )
     method = _same(folds, "method", fold_dirs)
     task_type = _same(folds, "task_type", fold_dirs)
     optimistic = any(f.get("optimistic") for f in folds)
@@ -73,21 +84,25 @@ def summarize(fold_dirs: Sequence[str | os.PathLike]) -> dict[str, Any]:
         **({"note": OPTIMISTIC_NOTE} if optimistic else {}),
         "n_folds": len(folds),
         "folds": numbers,
+        "repeats": repeats,
         "fold_dirs": [str(d) for d in fold_dirs],
         "metrics": metrics,
         "efficiency": efficiency,
         "precision": sorted({f.get("efficiency", {}).get("precision", "fp32") for f in folds}),
         "per_fold": [
             {
+                "repeat": r,
                 "fold": f["fold"],
                 "test": f["test"],
                 "best_epoch": f.get("best_epoch"),
                 "epochs_run": f.get("epochs_run"),
                 "n_bags": f.get("n_bags"),
             }
-            for f in folds
+            for r, f in zip(repeats, folds, strict=True)
         ],
     }
+    results = method_results(str(method), fold_dirs)
+    summary["stats"] = method_statistics(results, task_type, n_boot=n_boot, seed=folds[0]["seed"])
     return summary
 
 
@@ -99,6 +114,7 @@ def summary_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "summary": str(path),
             "method": s["method"],
+            "cohort": s.get("cohort", "cv"),
             "task_type": s["task_type"],
             "protocol": s["protocol"],
             "optimistic": s["optimistic"],
@@ -108,8 +124,13 @@ def summary_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             row[f"{name}_mean"], row[f"{name}_std"] = m["mean"], m["std"]
         for name, m in s["efficiency"].items():
             row[name] = m["mean"]
+        row.update(s.get("stats", {}))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # the statistics columns in the documented order (summary.json stores keys sorted)
+    stats = [c for t in dict.fromkeys(table.get("task_type", [])) for c in summary_columns(t)]
+    stats = [c for c in dict.fromkeys(stats) if c in table.columns]
+    return table[[c for c in table.columns if c not in stats] + stats]
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -10,6 +10,10 @@ Test folds come from scikit-learn's ``StratifiedKFold`` over one stratum label p
 classification; event x time bin for survival). The validation part of each fold is drawn per stratum
 (largest deficit first, at least one case of every stratum that has two or more training cases when the
 budget allows), so a small validation part still holds every class.
+
+Repeated cross-validation (``mil.repeats`` = R) makes R such files, repeat r with seed
+:func:`repeat_seed` (``seed + r``): repeat 0 is the single-repeat split, so adding repeats keeps it.
+Each file is a complete K-fold split by case, so within a repeat no case straddles folds.
 """
 
 from __future__ import annotations
@@ -115,6 +119,11 @@ def make_splits(
         role[train_idx[val_mask]] = "val"
         rows.append(pd.DataFrame({"case_id": cases, "fold": fold, "role": role}))
     return pd.concat(rows, ignore_index=True)
+
+
+def repeat_seed(seed: int, repeat: int | None) -> int:
+    """The seed of repeat ``repeat``'s fold assignment (repeat 0 or None: ``seed`` itself)."""
+    return int(seed) + int(repeat or 0)
 
 
 def check_splits(df: pd.DataFrame, where: str = "splits") -> pd.DataFrame:

@@ -291,8 +291,13 @@ def train_fold(
     teacher_init: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     data_report: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> FoldResult:
-    """Train ``method`` on fold ``fold``; write the fold folder when ``outdir`` is given."""
+    """Train ``method`` on fold ``fold``; write the fold folder when ``outdir`` is given.
+
+    ``name`` is a variant's name (``mil.variants``; ``settings`` already carry its overrides): it is
+    the ``method`` metrics.json reports, while model.json keeps the base method that rebuilds the model.
+    """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     check_survival_loss(settings.survival_loss, task.type, settings.accumulate)
     plan = plan_fold(bags, splits, fold, settings)
@@ -323,7 +328,8 @@ def train_fold(
         **peak_memory_mb(device),
     }
     extra = {"teacher": teacher, "efficiency": efficiency, "data": data_report or {}}
-    metrics = fold_metrics(task, plan, method, settings, scored, fitted, extra)
+    metrics = fold_metrics(task, plan, name or method, settings, scored, fitted, extra)
+    metrics["base_method"] = method
     log.info(
         "fold %d done: test %s%s, best epoch %d of %d, %.2f s/epoch",
         plan.fold,
@@ -331,7 +337,7 @@ def train_fold(
         " (OPTIMISTIC: paper protocol)" if plan.paper else "",
         *(fitted.best_epoch, fitted.epochs_run, fitted.train_seconds_per_epoch),
     )
-    meta = model_meta(task, plan, method, settings, in_dim, precision)
+    meta = {**model_meta(task, plan, method, settings, in_dim, precision), "variant": name}
     result = FoldResult(metrics, meta, fitted.history, fold_predictions(task, plan, outputs), model)
     if outdir is not None:
         FoldFolder(outdir).write(model, meta, result.history, result.predictions, metrics)

@@ -12,7 +12,7 @@ import pandas as pd
 import pipeline
 from pipeline.layout import Layout
 from pipeline.log import get_logger
-from pipeline.report import collect, html, plots
+from pipeline.report import collect, comparisons, html, plots
 from pipeline.store import write_text
 
 log = get_logger("report")
@@ -81,11 +81,14 @@ def build_report(
 ) -> Path:
     """Write the page (and slides.csv beside it) for the slides, encoders and models of ``run``."""
     results, out = Path(results), Path(out)
-    models = collect.model_results(summary_csv)
+    models, external = comparisons.split_cohorts(collect.model_results(summary_csv))
     sections = []
     for task, part in models.groupby("task", sort=False):
         part = part.reset_index(drop=True)
         section = html.TaskSection(str(task), str(part["task_type"].iloc[0]), part)
+        section.blocks.append(comparisons.section_html(part, external[external["task"] == task]))
+        dots = comparisons.fold_dots(results, part)
+        section.figures += [dots] if dots else []
         for _, row in part.iterrows():
             section.figures += _figures(results, row)
         sections.append(section)

@@ -194,8 +194,11 @@ def fold_predictions(summary_json: str | os.PathLike) -> list[tuple[int, pd.Data
     summary = json.loads(Path(summary_json).read_text())
     base = Path(summary_json).parent
     out = []
-    for fold in summary.get("folds", []):
-        fdir = base / fold_name(fold)
+    repeats = summary.get("repeats") or [0] * len(summary.get("folds", []))
+    for fold, repeat in zip(summary.get("folds", []), repeats, strict=True):
+        if max(repeats) > 0 and repeat > 0:  # repeated CV: curves of the first repeat only
+            continue
+        fdir = base / (f"repeat{repeat}/" if max(repeats) > 0 else "") / fold_name(fold)
         pred, metrics = fdir / FOLD_FILES["predictions"], fdir / FOLD_FILES["metrics"]
         if not pred.is_file():
             log.warning("%s has no %s; its curves are left out", fdir, pred.name)

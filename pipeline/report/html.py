@@ -66,6 +66,7 @@ class TaskSection:
     task_type: str
     results: pd.DataFrame
     figures: list[Figure] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)  # HTML shown after the results table
 
 
 def esc(value: Any) -> str:
@@ -193,6 +194,7 @@ def task_section(section: TaskSection) -> str:
         parts.append("<p>No results for this task.</p>")
     else:
         parts.append(results_table(section.results))
+    parts += section.blocks
     if section.figures:
         parts.append('<div class="figs">')
         for fig in section.figures:

@@ -18,8 +18,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from pipeline.errors import PipelineError
-from pipeline.layout import Layout, fold_name
+from pipeline.layout import Layout, fold_name, repeat_ids, repeat_name
 from pipeline.methods import METHODS as METHOD_TABLE
+from pipeline.methods import default_reference
 from pipeline.store import write_text
 from pipeline.tables import normalise_id
 from pipeline.tables import read_table as read_csv_table
@@ -178,27 +179,79 @@ def task_slide_ids(task):
 TASK_SLIDES = {name: task_slide_ids(task) for name, task in TASKS.items()}
 
 
+# --- external cohorts (a task's optional `external` part) ------------------------------------------
+
+
+def external_slides(task):
+    """Slides of a task's external cohort: found in its slides_dir and listed in its table. They
+    are tiled and embedded like the rest, so an id must not clash with a slide of another folder.
+    """
+    ext = task["external"]
+    found = discover_slides(ext["slides_dir"], config["slide_extensions"])
+    clash = sorted(sid for sid in found if sid in SLIDES and SLIDES[sid] != found[sid])
+    if clash:
+        raise WorkflowError(
+            f"task '{task['name']}': external slide id(s) {', '.join(clash)} also name slides of "
+            f"{config['slides_dir']}; their outputs would collide. Rename one of each pair."
+        )
+    table = ext.get("slides_table") or ext["table"]
+    rows = read_table(table, f"task '{task['name']}' external table", ["slide_id"]).rows
+    listed = list(dict.fromkeys(row["slide_id"] for row in rows if row["slide_id"]))
+    present = [sid for sid in listed if sid in found]
+    if not present:
+        raise WorkflowError(
+            f"task '{task['name']}': none of the {len(listed)} slides in {table} is in "
+            f"{ext['slides_dir']}. Check the external slide ids against the table."
+        )
+    SLIDES.update({sid: found[sid] for sid in present})
+    return present
+
+
+EXTERNAL_SLIDES = {
+    name: external_slides(task) for name, task in TASKS.items() if task.get("external")
+}
+SLIDE_IDS = list(SLIDES)
+
+
 # --- methods, encoders, folds -------------------------------------------------------------------
 
 ENCODERS = list(dict.fromkeys(config["features"]["encoders"]))
-METHODS = list(dict.fromkeys(config["mil"]["methods"]))
+VARIANTS = config["mil"]["variants"]
+# methods, then the named variants (a method + switch overrides), each trained and reported
+METHODS = list(dict.fromkeys(config["mil"]["methods"] + list(VARIANTS)))
 FOLDS = list(range(config["mil"]["folds"]))
-_unknown = [m for m in METHODS if m not in METHOD_TABLE]
+# [None] for one repeat (paths without a repeat folder), else 0..R-1 (.../repeat{r}/fold{k})
+REPEATS = repeat_ids(config["mil"]["repeats"])
+REPEAT = (
+    "{repeat}" if REPEATS != [None] else None
+)  # the repeat wildcard of the MIL paths
+_unknown = [m for m in METHODS if m not in METHOD_TABLE and m not in VARIANTS]
 if _unknown:
     raise WorkflowError(
         f"mil.methods: unknown method(s) {', '.join(_unknown)}; known: "
         f"{', '.join(METHOD_TABLE)} (see `wsi-mil methods`)."
     )
+# what every other method is compared with in summary.csv and the report
+REFERENCE = config["mil"]["reference"] or default_reference(METHODS, VARIANTS)
+
+
+def base_method(name):
+    """The method a variant is built from (a method is its own base)."""
+    return VARIANTS[name]["method"] if name in VARIANTS else name
 
 
 def teacher_of(method):
-    """The baseline whose fold checkpoint initialises this method's teacher (None if it has none)."""
-    return METHOD_TABLE[method].baseline
+    """The baseline whose fold checkpoint initialises this method's (or variant's) teacher: a
+    variant shares the teacher of its base method, so its folds start from the same checkpoints.
+    """
+    return METHOD_TABLE[base_method(method)].baseline
 
 
 # Baselines needed as teachers are trained (and reported) even when not listed themselves.
 TRAINED_METHODS = list(
-    dict.fromkeys([teacher_of(m) for m in METHODS if teacher_of(m)] + METHODS)
+    dict.fromkeys(
+        [teacher_of(m) for m in METHODS if teacher_of(m)] + [REFERENCE] + METHODS
+    )
 )
 
 
@@ -213,6 +266,7 @@ wildcard_constraints:
     method="[^/]+",
     task=alternatives(TASKS),
     fold=r"\d+",
+    repeat=r"\d+",
 
 
 # --- settings passed to the commands ------------------------------------------------------------
@@ -233,6 +287,17 @@ def write_effective_config(cfg, path):
 
 
 write_effective_config(config, EFFECTIVE_CONFIG)
+
+
+def train_settings_digest(w):
+    """The digest of the MIL settings one train job uses: the shared ``mil`` keys (not the lists of
+    what runs) plus this variant's own overrides, so editing a variant re-trains that variant only.
+    """
+    shared = settings_digest(
+        "mil", drop=("methods", "variants", "reference", "repeats")
+    )
+    own = json.dumps(VARIANTS.get(w.method), sort_keys=True)
+    return hashlib.sha256((shared + own).encode()).hexdigest()[:16]
 
 
 def settings_digest(*keys, drop=()):
@@ -282,11 +347,44 @@ use_wsi_mil_command()
 
 
 def all_summaries():
-    return [
+    cv = [
         OUT.summary_json(task, encoder, method)
         for task in TASKS
         for encoder in ENCODERS
         for method in TRAINED_METHODS
+    ]
+    external = [
+        OUT.external_summary(task, encoder, method)
+        for task in EXTERNAL_SLIDES
+        for encoder in ENCODERS
+        for method in TRAINED_METHODS
+    ]
+    return cv + external
+
+
+def external_inputs(w):
+    """What a fold model needs to predict the external cohort: the model, its features, tables."""
+    ext = TASKS[w.task]["external"]
+    repeat = wildcard_repeat(w)
+    inputs = {
+        "model": OUT.fold_file(w.task, w.encoder, w.method, w.fold, "model", repeat),
+        "model_json": OUT.fold_file(
+            w.task, w.encoder, w.method, w.fold, "model_json", repeat
+        ),
+        "features": [OUT.features(w.encoder, s) for s in EXTERNAL_SLIDES[w.task]],
+        "table": ext["table"],
+    }
+    if ext.get("slides_table"):
+        inputs["slides_table"] = ext["slides_table"]
+    return inputs
+
+
+def external_files(task, encoder, method):
+    """Every fold model's external predictions of a method (the external evaluate rule's inputs)."""
+    return [
+        OUT.external_predictions(task, encoder, method, k, r)
+        for r in REPEATS
+        for k in FOLDS
     ]
 
 
@@ -299,15 +397,29 @@ def train_inputs(w):
         "features": [OUT.features(w.encoder, s) for s in TASK_SLIDES[w.task]],
         "table": task["table"],
         "slides_table": task_slides_table(task),
-        "splits": OUT.splits(w.task),
+        "splits": OUT.splits(w.task, wildcard_repeat(w)),
     }
     if teacher_of(w.method):
-        baseline = teacher_of(w.method)
-        inputs["teacher"] = OUT.fold_file(w.task, w.encoder, baseline, w.fold, "model")
+        baseline, repeat = teacher_of(w.method), wildcard_repeat(w)
+        inputs["teacher"] = OUT.fold_file(
+            w.task, w.encoder, baseline, w.fold, "model", repeat
+        )
         inputs["teacher_json"] = OUT.fold_file(
-            w.task, w.encoder, baseline, w.fold, "model_json"
+            w.task, w.encoder, baseline, w.fold, "model_json", repeat
         )
     return inputs
+
+
+def wildcard_repeat(w):
+    """The job's repeat (None when the run has one repeat and its paths no repeat folder)."""
+    return getattr(w, "repeat", None) if REPEATS != [None] else None
+
+
+def method_fold_files(task, encoder, method, key="metrics"):
+    """One file of every fold of every repeat of a method (the evaluate rule's inputs)."""
+    return [
+        OUT.fold_file(task, encoder, method, k, key, r) for r in REPEATS for k in FOLDS
+    ]
 
 
 def teacher_flag(w, input):
@@ -321,12 +433,41 @@ def run_benchmarks():
     """The benchmark files of every job of this run, relative to the results folder."""
     jobs = [("tile", s) for s in SLIDE_IDS]
     jobs += [("extract", e, s) for e in ENCODERS for s in SLIDE_IDS]
-    jobs += [("splits", t) for t in TASKS]
+    jobs += [
+        ("splits", t, *([repeat_name(r)] if r is not None else []))
+        for t in TASKS
+        for r in REPEATS
+    ]
     for t in TASKS:
         for e in ENCODERS:
             for m in TRAINED_METHODS:
-                jobs += [("train", t, e, m, fold_name(k)) for k in FOLDS]
+                jobs += [
+                    (
+                        "train",
+                        t,
+                        e,
+                        m,
+                        *([repeat_name(r)] if r is not None else []),
+                        fold_name(k),
+                    )
+                    for r in REPEATS
+                    for k in FOLDS
+                ]
                 jobs.append(("evaluate", t, e, m))
+                if t in EXTERNAL_SLIDES:
+                    jobs += [
+                        (
+                            "external",
+                            t,
+                            e,
+                            m,
+                            *([repeat_name(r)] if r is not None else []),
+                            fold_name(k),
+                        )
+                        for r in REPEATS
+                        for k in FOLDS
+                    ]
+                    jobs.append(("external_evaluate", t, e, m))
     jobs += [("summary", "summary"), ("report", "report")]
     return [os.path.relpath(OUT.benchmark(*job), RESULTS) for job in jobs]
 

@@ -1,26 +1,31 @@
-# MIL: folds per task, one model per task x encoder x method x fold, then mean +- std over folds.
+# MIL: folds per task (per repeat with mil.repeats > 1), one model per task x encoder x method (or
+# variant) x [repeat x] fold, then the summary over folds with its intervals.
 #
 # Methods with a teacher (MHIM) start from the baseline trained on the same fold, so the DAG
-# trains every baseline fold first and hands its checkpoint over with --teacher-init.
-# Paths come from OUT (pipeline/layout.py).
+# trains every baseline fold first and hands its checkpoint over with --teacher-init; a variant
+# (mil.variants) uses its base method's baseline, i.e. the same checkpoints as the full method.
+# Paths come from OUT (pipeline/layout.py); the repeat folder exists only with mil.repeats > 1.
 
 MIL = config["mil"]
+# the last parts of a train job's log and benchmark paths: [repeat{r}/]fold{k}
+FOLD_PARTS = [*([repeat_name(REPEAT)] if REPEAT else []), fold_name("{fold}")]
 
 
 localrules:
     splits,
     evaluate,
+    external_evaluate,
 
 
 rule splits:
     input:
         table=lambda w: TASKS[w.task]["table"],
     output:
-        OUT.splits("{task}"),
+        OUT.splits("{task}", REPEAT),
     log:
-        OUT.log("splits", "{task}"),
+        OUT.log("splits", "{task}", *([repeat_name(REPEAT)] if REPEAT else [])),
     benchmark:
-        OUT.benchmark("splits", "{task}")
+        OUT.benchmark("splits", "{task}", *([repeat_name(REPEAT)] if REPEAT else []))
     conda:
         "../../envs/mil.yaml"
     threads: 1
@@ -33,10 +38,11 @@ rule splits:
         seed=MIL["seed"],
         val_fraction=MIL["val_fraction"],
         bins=MIL["survival_bins"],
+        repeat=lambda w: f"--repeat {w.repeat}" if REPEAT else "",
     shell:
         "wsi-mil splits {input.table:q} -o {output:q} --task-type {params.task_type}"
         " --folds {params.folds} --seed {params.seed} --val-fraction {params.val_fraction}"
-        " --survival-bins {params.bins} > {log:q} 2>&1"
+        " --survival-bins {params.bins} {params.repeat} > {log:q} 2>&1"
 
 
 # One model per task x encoder x method x fold. A method with a teacher (MHIM) also declares its
@@ -45,11 +51,11 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        **OUT.fold_files("{task}", "{encoder}", "{method}", "{fold}"),
+        **OUT.fold_files("{task}", "{encoder}", "{method}", "{fold}", REPEAT),
     log:
-        OUT.log("train", "{task}", "{encoder}", "{method}", fold_name("{fold}")),
+        OUT.log("train", "{task}", "{encoder}", "{method}", *FOLD_PARTS),
     benchmark:
-        OUT.benchmark("train", "{task}", "{encoder}", "{method}", fold_name("{fold}"))
+        OUT.benchmark("train", "{task}", "{encoder}", "{method}", *FOLD_PARTS)
     wildcard_constraints:
         encoder=alternatives(ENCODERS),
         method=alternatives(TRAINED_METHODS),
@@ -65,7 +71,7 @@ rule train:
         task_type=lambda w: TASKS[w.task]["type"],
         teacher=teacher_flag,
         config=EFFECTIVE_CONFIG,
-        settings=settings_digest("mil", drop=("methods",)),
+        settings=train_settings_digest,
     shell:
         "wsi-mil train --features {params.features:q} --labels {input.table:q}"
         " --slides-table {input.slides_table:q} --splits {input.splits:q} --fold {wildcards.fold}"
@@ -75,9 +81,7 @@ rule train:
 
 rule evaluate:
     input:
-        lambda w: [
-            OUT.fold_file(w.task, w.encoder, w.method, k, "metrics") for k in FOLDS
-        ],
+        lambda w: method_fold_files(w.task, w.encoder, w.method),
     output:
         report(
             OUT.summary_json("{task}", "{encoder}", "{method}"),
@@ -100,3 +104,63 @@ rule evaluate:
         dirs=lambda w, input: " ".join(shlex.quote(os.path.dirname(p)) for p in input),
     shell:
         "wsi-mil evaluate {params.dirs} -o {output:q} > {log:q} 2>&1"
+
+
+# External validation: each fold model predicts the task's external cohort (`wsi-mil predict`),
+# then the same statistics over the fold models and on their ensemble. Heatmaps of external slides
+# can hang off OUT.external_predictions / EXTERNAL_SLIDES.
+rule external_predict:
+    input:
+        unpack(external_inputs),
+    output:
+        csv=OUT.external_predictions(
+            "{task}", "{encoder}", "{method}", "{fold}", REPEAT
+        ),
+        json=OUT.external_metrics("{task}", "{encoder}", "{method}", "{fold}", REPEAT),
+    log:
+        OUT.log("external", "{task}", "{encoder}", "{method}", *FOLD_PARTS),
+    benchmark:
+        OUT.benchmark("external", "{task}", "{encoder}", "{method}", *FOLD_PARTS)
+    wildcard_constraints:
+        task=alternatives(EXTERNAL_SLIDES),
+        encoder=alternatives(ENCODERS),
+        method=alternatives(TRAINED_METHODS),
+    conda:
+        "../../envs/mil.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        model=lambda w, input: os.path.dirname(input.model),
+        features=lambda w: OUT.features_dir(w.encoder),
+        slides_table=lambda w, input: (
+            f"--slides-table {shlex.quote(input.slides_table)}"
+            if "slides_table" in input.keys()
+            else ""
+        ),
+    shell:
+        "wsi-mil predict --model {params.model:q} --features {params.features:q}"
+        " --labels {input.table:q} {params.slides_table} -o {output.csv:q}"
+        " --metrics {output.json:q} > {log:q} 2>&1"
+
+
+rule external_evaluate:
+    input:
+        lambda w: external_files(w.task, w.encoder, w.method),
+    output:
+        OUT.external_summary("{task}", "{encoder}", "{method}"),
+    log:
+        OUT.log("external_evaluate", "{task}", "{encoder}", "{method}"),
+    benchmark:
+        OUT.benchmark("external_evaluate", "{task}", "{encoder}", "{method}")
+    wildcard_constraints:
+        task=alternatives(EXTERNAL_SLIDES),
+    conda:
+        "../../envs/mil.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "wsi-mil evaluate --external {input:q} -o {output:q} > {log:q} 2>&1"

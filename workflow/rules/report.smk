@@ -37,8 +37,10 @@ rule summary:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        reference=REFERENCE,
     shell:
-        "wsi-mil summary {input:q} -o {output:q} > {log:q} 2>&1"
+        "wsi-mil summary {input:q} -o {output:q} --reference {params.reference:q} > {log:q} 2>&1"
 
 
 rule report:

@@ -1,0 +1,241 @@
+"""From fold folders to the statistics of :mod:`pipeline.stats`: a method's intervals, its comparison.
+
+The fold folders of one method (or variant) over R repeats × K folds become a
+:class:`~pipeline.stats.MethodResults`: one row per (repeat, fold) with its test metrics and the sizes
+of its training (train + val) and test parts, and the test rows of every fold's ``predictions.csv``
+with a ``repeat`` column. ``wsi-mil evaluate`` stores :func:`method_statistics` in ``summary.json``;
+``wsi-mil summary`` and ``wsi-mil cv`` add :func:`comparison` against the task's reference method.
+The reference defaults to the first baseline (a method without a teacher) listed in ``mil.methods``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import PipelineError
+from pipeline.layout import fold_name, fold_repeat, repeat_name
+from pipeline.methods import default_reference
+from pipeline.mil.folder import FoldFolder
+from pipeline.stats import MethodResults, compare_methods, summarise_method
+from pipeline.stats.bootstrap import N_BOOT
+
+
+def method_results(name: str, fold_dirs: Sequence[str | os.PathLike]) -> MethodResults:
+    """Fold metrics and out-of-fold test predictions of one method's fold folders."""
+    rows, preds = [], []
+    for d in fold_dirs:
+        folder = FoldFolder(d)
+        metrics = folder.metrics()
+        repeat = fold_repeat(d)
+        bags = metrics.get("n_bags") or {}
+        test = {k: v for k, v in metrics["test"].items() if isinstance(v, int | float)}
+        rows.append(
+            {
+                "repeat": repeat,
+                "fold": int(metrics["fold"]),
+                **test,
+                "n_train": int(bags.get("train", 0)) + int(bags.get("val", 0)),
+                "n_test": int(bags.get("test", 0)),
+            }
+        )
+        pred = folder.predictions()
+        if "role" in pred:
+            pred = pred[pred["role"] == "test"]
+        preds.append(pred.assign(repeat=repeat))
+    if not rows:
+        raise PipelineError(name, "no fold folder", "Train the folds first.")
+    return MethodResults(name, pd.DataFrame(rows), pd.concat(preds, ignore_index=True))
+
+
+def summary_fold_dirs(summary_json: str | os.PathLike, summary: dict[str, Any]) -> list[str]:
+    """The fold folders of a ``summary.json``, found next to it (``[repeat{r}/]fold{k}``), so a
+    results folder that was moved or a summary made from relative paths still finds them."""
+    base = os.path.dirname(os.path.abspath(summary_json))
+    folds = summary.get("folds", [])
+    repeats = summary.get("repeats") or [0] * len(folds)
+    nested = max(repeats, default=0) > 0
+    return [
+        os.path.join(base, *([repeat_name(r)] if nested else []), fold_name(k))
+        for r, k in zip(repeats, folds, strict=True)
+    ]
+
+
+def method_statistics(
+    results: MethodResults, task_type: str, *, n_boot: int = N_BOOT, seed: int = 0
+) -> dict[str, Any]:
+    """The interval columns of one method (:func:`pipeline.stats.summarise_method`)."""
+    return summarise_method(
+        results.fold_metrics, results.predictions, task_type, n_boot=n_boot, seed=seed
+    )
+
+
+def comparison(
+    reference: MethodResults,
+    other: MethodResults,
+    task_type: str,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``other - reference`` in the main metric (:func:`pipeline.stats.compare_methods`)."""
+    return compare_methods(reference, other, task_type, n_boot=n_boot, seed=seed)
+
+
+def add_comparisons(
+    table: pd.DataFrame,
+    summaries: Sequence[dict[str, Any]],
+    reference: str | None = None,
+    *,
+    n_boot: int = N_BOOT,
+) -> pd.DataFrame:
+    """``table`` (one row per summary, with task, encoder, method) plus the comparison columns.
+
+    Each row is compared with the reference method's row of the same task and encoder (the reference
+    row itself and rows without a reference get empty comparison columns). ``reference`` defaults to
+    :func:`default_reference` over the methods in the order listed.
+    """
+    from pipeline.stats.compare import COMPARISON_COLUMNS
+
+    table = table.copy()
+    for col in COMPARISON_COLUMNS:
+        table[col] = None
+    if table.empty:
+        return table
+    if "cohort" not in table:
+        table["cohort"] = "cv"
+    reference = reference or default_reference(list(dict.fromkeys(table["method"])))
+    cache: dict[int, MethodResults] = {}
+
+    def results(i: int) -> MethodResults:
+        s = summaries[i]
+        if i not in cache and s.get("cohort") == "external":
+            files = [(int(r), int(k), c, j) for r, k, c, j in s["files"]]
+            cache[i] = external_results(s["method"], files, s["task_type"])
+        elif i not in cache:
+            cache[i] = method_results(s["method"], s["fold_dirs"])
+        return cache[i]
+
+    for (_, _, cohort), part in table.groupby(["task", "encoder", "cohort"], sort=False):
+        refs = part.index[part["method"] == reference]
+        if len(refs) == 0:
+            continue
+        r = refs[0]
+        for i in part.index:
+            if i == r:
+                table.loc[i, "reference"] = reference
+                continue
+            task_type = summaries[i]["task_type"]
+            if cohort == "external":
+                record = external_comparison(results(r), results(i), task_type, n_boot=n_boot)
+            else:
+                seed = int(table.loc[i].get("seed") or 0)
+                record = comparison(results(r), results(i), task_type, n_boot=n_boot, seed=seed)
+            for key, value in record.items():
+                table.at[i, key] = value
+    return table
+
+
+# --- external cohort -------------------------------------------------------------------------------
+def ensemble(predictions: pd.DataFrame, task_type: str) -> pd.DataFrame:
+    """One row per slide (classification) or case (survival) of one repeat: the fold models' mean
+    scores (or risk); the hard prediction is the fold models' majority (ties: first class in order)."""
+    key = "case_id" if task_type == "survival" else "slide_id"
+    numeric = [c for c in predictions if c.startswith(("score_", "risk", "survival_"))]
+    first = [c for c in predictions if c not in numeric and c not in ("prediction", "fold")]
+    grouped = predictions.groupby(key, sort=True)
+    out = grouped[first].first().drop(columns=[key], errors="ignore").join(grouped[numeric].mean())
+    if "prediction" in predictions:
+        out["prediction"] = grouped["prediction"].agg(lambda s: s.astype(str).mode().iloc[0])
+    return out.reset_index()
+
+
+def external_results(
+    name: str, files: Sequence[tuple[int, int, str, str]], task_type: str
+) -> MethodResults:
+    """``files`` = (repeat, fold, predictions CSV, metrics JSON) of each fold model on the external
+    cohort: fold metrics as each model scored it, and per repeat the ensemble of the fold models."""
+    import json as _json
+
+    rows, preds = [], []
+    for repeat, fold, csv_path, json_path in files:
+        with open(json_path) as handle:
+            result = _json.load(handle)
+        metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, int | float)}
+        rows.append({"repeat": repeat, "fold": fold, **metrics, "n_test": result["bags"]})
+        preds.append(pd.read_csv(csv_path, dtype={"case_id": str}).assign(repeat=repeat, fold=fold))
+    if not rows:
+        raise PipelineError(name, "no external predictions", "Run the fold models on the cohort.")
+    frame = pd.concat(preds, ignore_index=True)
+    pooled = [ensemble(part, task_type).assign(repeat=r) for r, part in frame.groupby("repeat")]
+    return MethodResults(name, pd.DataFrame(rows), pd.concat(pooled, ignore_index=True))
+
+
+def external_summary(
+    name: str, files: Sequence[tuple[int, int, str, str]], task_type: str, n_boot: int = N_BOOT
+) -> dict[str, Any]:
+    """``summary.json`` of a method on the external cohort (the same shape as the CV summary)."""
+    import json as _json
+
+    from pipeline.mil.metrics import mean_std
+
+    results = external_results(name, files, task_type)
+    folds = results.fold_metrics
+    optimistic = False
+    for *_, json_path in files:
+        with open(json_path) as handle:
+            optimistic |= bool(_json.load(handle).get("optimistic_model"))
+    metric_cols = [c for c in folds if c not in ("repeat", "fold", "n_test", "events", "cases")]
+    return {
+        "method": name,
+        "task_type": task_type,
+        "cohort": "external",
+        "protocol": "paper" if optimistic else "holdout",
+        "optimistic": optimistic,
+        "n_folds": len(folds),
+        "folds": folds["fold"].tolist(),
+        "repeats": folds["repeat"].tolist(),
+        "files": [list(map(str, f)) for f in files],
+        "metrics": {
+            m: {**mean_std(folds[m].tolist()), "values": folds[m].tolist()} for m in metric_cols
+        },
+        "efficiency": {},
+        "per_fold": [
+            {
+                "repeat": int(r["repeat"]),
+                "fold": int(r["fold"]),
+                "test": {m: r[m] for m in metric_cols},
+            }
+            for _, r in folds.iterrows()
+        ],
+        "stats": method_statistics(results, task_type, n_boot=n_boot),
+    }
+
+
+def external_comparison(
+    reference: MethodResults, other: MethodResults, task_type: str, *, n_boot: int = N_BOOT
+) -> dict[str, Any]:
+    """``other - reference`` on the external cohort: the paired test on the fold models' ensembles.
+
+    The corrected resampled t-test is for CV test folds; on one fixed external cohort the fold models
+    differ only in their training data, so only the pooled paired test is reported.
+    """
+    from pipeline.stats.compare import DISPLAY, MAIN_METRIC, _pooled_rows, paired_pooled
+    from pipeline.stats.repeated import in_words
+
+    metric = MAIN_METRIC[task_type]
+    a, _ = _pooled_rows(reference.predictions, task_type)
+    b, _ = _pooled_rows(other.predictions, task_type)
+    pooled = paired_pooled(a, b, task_type, metric, n_boot=n_boot)
+    return {
+        "reference": reference.name,
+        "diff_pooled": pooled["estimate"],
+        "diff_pooled_ci_low": pooled["ci_low"],
+        "diff_pooled_ci_high": pooled["ci_high"],
+        "diff_pooled_p": pooled["p_value"],
+        "diff_pooled_test": pooled["test"],
+        "verdict_pooled": in_words(pooled, DISPLAY.get(metric, metric)),
+    }

@@ -1,0 +1,232 @@
+"""The report's comparison part of a task: per-fold dots per method, intervals, paired comparisons.
+
+Reads only what ``wsi-mil summary`` wrote (``summary.csv``: the columns of :mod:`pipeline.stats`)
+and each method's ``summary.json`` (its per-fold values); computes nothing new. Every number is
+shown next to the protocol it was made under (``holdout``, or ``paper`` marked optimistic), and
+each comparison carries the sentence of :func:`pipeline.stats.repeated.in_words`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.layout import Layout
+from pipeline.log import get_logger
+from pipeline.report import html
+
+log = get_logger("report")
+
+NAMES = {"auc": "AUC", "c_index": "C-index"}
+
+
+def _protocol(row: pd.Series) -> str:
+    text = html.esc(row.get("protocol", ""))
+    if bool(row.get("optimistic", False)):
+        text += ' <span class="badge" title="the test fold chose the model">optimistic</span>'
+    return text
+
+
+def _interval(row: pd.Series, value: str, low: str | None = None, high: str | None = None) -> str:
+    """``estimate [low, high]`` of three columns (default ``{value}_ci_low`` / ``_ci_high``)."""
+    estimate = _num(row.get(value))
+    if estimate is None:
+        return "–"
+    lo, hi = _num(row.get(low or f"{value}_ci_low")), _num(row.get(high or f"{value}_ci_high"))
+    return f"{html.fmt(estimate)} <span class='small'>[{html.fmt(lo)}, {html.fmt(hi)}]</span>"
+
+
+def _num(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def per_fold_values(results: str | os.PathLike, row: pd.Series, metric: str) -> pd.DataFrame:
+    """``repeat, fold, value`` of one method's main metric, from its ``summary.json``."""
+    path = Path(Layout(str(results)).summary_json(row["task"], row["encoder"], row["method"]))
+    if not path.is_file():
+        return pd.DataFrame(columns=["repeat", "fold", "value"])
+    summary = json.loads(path.read_text())
+    return pd.DataFrame(
+        [
+            {"repeat": f.get("repeat", 0), "fold": f["fold"], "value": f["test"].get(metric)}
+            for f in summary.get("per_fold", [])
+        ]
+    )
+
+
+def fold_dots(results: str | os.PathLike, part: pd.DataFrame) -> html.Figure | None:
+    """One column of dots per method (one dot per repeat × fold, coloured by repeat), with the CV
+    mean and its interval, so the spread between folds is visible next to the interval."""
+    if part.empty or "main_metric" not in part:
+        return None
+    metric = (
+        str(part["main_metric"].dropna().iloc[0]) if part["main_metric"].notna().any() else None
+    )
+    if metric is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [f"{r['encoder']}\n{r['method']}" for _, r in part.iterrows()]
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.9 * len(part) + 1.5), 3.2))
+    rng = np.random.default_rng(0)
+    for x, (_, row) in enumerate(part.iterrows()):
+        values = per_fold_values(results, row, metric)
+        if not values.empty:
+            jitter = rng.uniform(-0.12, 0.12, len(values))
+            ax.scatter(x + jitter, values["value"], c=values["repeat"], cmap="tab10", vmin=0,
+                       vmax=9, s=16, alpha=0.8, zorder=2)  # fmt: skip
+        mean, low, high = (_num(row.get(f"{metric}_{k}")) for k in ("mean", "ci_low", "ci_high"))
+        if mean is not None:
+            ax.hlines(mean, x - 0.25, x + 0.25, color="black", zorder=3)
+        if low is not None and high is not None:
+            ax.vlines(x + 0.3, low, high, color="black", lw=1.5, zorder=3)
+    ax.set_xticks(range(len(part)), labels, fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel(NAMES.get(metric, metric))
+    ax.grid(axis="y", alpha=0.3)
+    title = NAMES.get(metric, metric)
+    protocols = ", ".join(sorted(set(part["protocol"].astype(str))))
+    png = html_png(fig)
+    return html.Figure(
+        f"{title} per fold ({protocols} protocol)",
+        png,
+        "One dot per test fold (colour = repeat); bar = mean over folds × repeats; line = its 95 % "
+        "interval (t-interval over the repeats' means; with one repeat, over the folds).",
+    )
+
+
+def html_png(fig) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def intervals_table(part: pd.DataFrame) -> str:
+    """Main metric of each method: CV mean with its interval and the pooled estimate with its own."""
+    if "main_metric" not in part or part["main_metric"].isna().all():
+        return ""
+    metric = str(part["main_metric"].dropna().iloc[0])
+    name = NAMES.get(metric, metric)
+    rows = [
+        [
+            html.esc(r["encoder"]),
+            html.esc(r["method"]),
+            html.esc(f"{int(r['n_repeats'])} × {int(r['n_folds'])}")
+            if pd.notna(r.get("n_repeats"))
+            else "–",
+            _interval(r, f"{metric}_mean", f"{metric}_ci_low", f"{metric}_ci_high"),
+            _interval(r, f"{metric}_pooled")
+            + f" <span class='small'>{html.esc(r.get(f'{metric}_pooled_ci_method', ''))}</span>",
+            _protocol(r),
+        ]
+        for _, r in part.iterrows()
+    ]  # fmt: skip
+    return "<h4>Intervals</h4>" + html.table(
+        ["encoder", "method", "repeats × folds", f"{name} mean [95 % CI]",
+         f"{name} pooled out-of-fold [95 % CI]", "protocol"],
+        rows,
+    )  # fmt: skip
+
+
+def comparison_table(part: pd.DataFrame) -> str:
+    """Each method against the reference: differences with intervals, p-values and the words."""
+    if "diff_cv" not in part or part["diff_cv"].isna().all():
+        return ""
+    metric = str(part["main_metric"].dropna().iloc[0])
+    name = NAMES.get(metric, metric)
+    rows = []
+    for _, r in part[part["diff_cv"].notna()].iterrows():
+        rows.append(
+            [
+                html.esc(r["encoder"]),
+                html.esc(r["method"]),
+                html.esc(r["reference"]),
+                _interval(r, "diff_cv"),
+                html.fmt(_num(r.get("diff_cv_p"))),
+                _interval(r, "diff_pooled"),
+                html.fmt(_num(r.get("diff_pooled_p")))
+                + f" <span class='small'>{html.esc(r.get('diff_pooled_test', ''))}</span>",
+                html.esc(r.get("verdict_cv", "")),
+                _protocol(r),
+            ]
+        )
+    return (
+        f"<h4>Comparisons with the reference ({name}, method − reference)</h4>"
+        + html.table(
+            [
+                "encoder",
+                "method",
+                "reference",
+                "Δ over folds [95 % CI]",
+                "p (corrected t)",
+                "Δ pooled [95 % CI]",
+                "p (paired)",
+                "in words",
+                "protocol",
+            ],
+            rows,
+        )  # fmt: skip
+        + "<p class='small'>Over folds: Nadeau–Bengio corrected resampled t-test over the repeats × "
+        "folds (accounts for the overlap of the training sets). Pooled: the out-of-fold predictions "
+        "of the first repeat, paired DeLong test for a binary AUC, else the paired bootstrap by case."
+        "</p>"
+    )
+
+
+def split_cohorts(models: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cross-validation rows, external-cohort rows) of summary.csv."""
+    if "cohort" not in models:
+        return models, models.iloc[0:0]
+    external = models["cohort"].astype(str) == "external"
+    return models[~external].reset_index(drop=True), models[external].reset_index(drop=True)
+
+
+def section_html(part: pd.DataFrame, external: pd.DataFrame | None = None) -> str:
+    """The HTML blocks of one task (empty when summary.csv has no statistics columns); the
+    external cohort's rows, when there are any, in their own part below."""
+    out = intervals_table(part) + comparison_table(part)
+    if external is not None and not external.empty:
+        out += (
+            "<h4>External cohort</h4><p class='small'>Every fold model predicts the external "
+            "cohort; mean and interval over the fold models, pooled = their ensemble (mean score). "
+            "Comparisons: paired test on the ensembles.</p>"
+            + intervals_table(external)
+            + comparison_table_external(external)
+        )
+    return out
+
+
+def comparison_table_external(part: pd.DataFrame) -> str:
+    """External rows against the reference: the paired pooled test only."""
+    if "diff_pooled" not in part or part["diff_pooled"].isna().all():
+        return ""
+    rows = [
+        [
+            html.esc(r["encoder"]),
+            html.esc(r["method"]),
+            html.esc(r["reference"]),
+            _interval(r, "diff_pooled"),
+            html.fmt(_num(r.get("diff_pooled_p")))
+            + f" <span class='small'>{html.esc(r.get('diff_pooled_test', ''))}</span>",
+            html.esc(r.get("verdict_pooled", "")),
+            _protocol(r),
+        ]
+        for _, r in part[part["diff_pooled"].notna()].iterrows()
+    ]
+    return html.table(
+        ["encoder", "method", "reference", "Δ ensemble [95 % CI]", "p (paired)", "in words",
+         "protocol"],
+        rows,
+    )  # fmt: skip
