@@ -140,7 +140,7 @@ def tile_slide(
 def tile_attrs(
     slide: Slide, mpp_source: str, result: TilingResult, tiling: dict[str, Any]
 ) -> dict[str, Any]:
-    """Provenance of a tile store (data contract, DESIGN §3)."""
+    """Provenance of a tile store (data contract: docs/architecture.md §2)."""
     tissue = result.tissue
     return {
         **slide_attrs(slide.path),
