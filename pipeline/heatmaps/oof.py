@@ -146,8 +146,10 @@ def score_fold(
             raise PipelineError(folder, f"case {bag.case_id} is not in fold {fold}'s test part")
         for slide in bag.slide_ids:
             try:
+                provenance = {"fold": fold, "role": "test", "case_id": bag.case_id}
+                provenance |= {"model_dir": str(folder), "splits": job.splits_path}
                 entries[slide] = score_slide_files(
-                    task, bag, slide, bank, stores[slide], model, fold, folder, job
+                    task, bag, slide, stores[slide], model, provenance, job, bank
                 )
             except PipelineError as err:
                 failed[slide] = err.line()
@@ -159,12 +161,11 @@ def score_slide_files(
     task: Task,
     bag: Bag,
     slide: str,
-    bank: FeatureBank,
     features_store: Path,
     model,
-    fold: int,
-    folder: Path,
+    provenance: dict[str, Any],
     job: HeatmapJob,
+    bank: FeatureBank,
 ) -> dict[str, Any]:
     """One slide: its score store, heatmap and gallery; returns its index entry."""
     from pipeline.heatmaps.outputs import draw_slide, score_slide
@@ -189,20 +190,13 @@ def score_slide_files(
         method=job.method,
         label=label_text(task, bag),
         prediction=prediction_of(task),
-        provenance={
-            "fold": fold,
-            "role": "test",
-            "case_id": bag.case_id,
-            "model_dir": str(folder),
-            "splits": job.splits_path,
-            "features_store": str(features_store),
-        },
+        provenance={**provenance, "features_store": str(features_store)},
     )
     gallery = files["gallery"] if job.k > 0 else None
     draw_slide(store, files["png"], gallery, options=job.options, k=job.k)
     attrs = read_attrs(store)
     return {
-        "fold": fold,
+        "fold": provenance.get("fold"),
         "case_id": bag.case_id,
         "label": attrs["label"],
         "prediction": attrs["prediction"],

@@ -136,3 +136,29 @@ def test_a_model_of_another_method_is_refused(cohort, tmp_path):
     argv += ["--folds", *[str(root / "mil" / f"fold{k}") for k in range(FOLDS)], "-k", "0"]
     assert main(argv) == 1
     assert not (tmp_path / "o" / HEATMAP_INDEX).exists()
+
+
+def test_predict_writes_the_same_stores_for_an_external_cohort(cohort, tmp_path):
+    """`wsi-mil predict --heatmaps`: one store format; the scores are the given model's, labels shown."""
+    from pipeline.mil.folder import FoldFolder
+
+    root, _ = cohort
+    fold0 = root / "mil" / "fold0"
+    out = tmp_path / "ext"
+    argv = ["predict", "--model", str(fold0), "--features", str(root / "features")]
+    argv += ["-o", str(tmp_path / "pred.csv"), "--labels", str(root / "labels.csv")]
+    argv += ["--heatmaps", str(out), "-k", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    model = FoldFolder(fold0).load_model("cpu")[0]
+    index = json.loads((out / HEATMAP_INDEX).read_text())
+    assert sorted(index["slides"]) == sorted(SLIDES)
+    for slide, (_, label) in SLIDES.items():
+        files = heatmap_files(out, slide)
+        store = read_score_store(files["store"])
+        x = torch.from_numpy(read_array(root / "features" / f"{slide}.zarr", "features")).float()
+        np.testing.assert_allclose(
+            store.scores["attention"], instance_score_maps(model, x)["attention"], rtol=1e-5
+        )
+        assert store.attrs["provenance"]["role"] == "external" and store.attrs["method"] == "abmil"
+        assert index["slides"][slide]["label"] == label
+        assert files["png"].is_file() and len(pd.read_csv(files["gallery_csv"])) == 2

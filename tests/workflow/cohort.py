@@ -101,12 +101,18 @@ def make_tiny_cohort(base: Path) -> Path:
 
 
 def workflow_config(cohort: Path, **sections) -> dict:
-    """A config for the tiny cohort: both task types, AB-MIL and MHIM(AB-MIL), 2 folds, 2 epochs."""
+    """A config for the tiny cohort: both task types, AB-MIL and MHIM(AB-MIL), 2 folds, 2 epochs;
+    heatmaps on (the default), with the cohort's tumour masks for the classification task."""
     config = {
         "slides_dir": str(cohort / "slides"),
         "results_dir": "results",
         "tasks": [
-            {"name": "tumour", "type": "classification", "table": str(cohort / "labels.csv")},
+            {
+                "name": "tumour",
+                "type": "classification",
+                "table": str(cohort / "labels.csv"),
+                "masks": str(cohort / "masks" / "masks.json"),  # localisation of the heatmaps
+            },
             {
                 "name": "survival",
                 "type": "survival",

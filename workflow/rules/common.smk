@@ -327,9 +327,22 @@ def run_benchmarks():
             for m in TRAINED_METHODS:
                 jobs += [("train", t, e, m, fold_name(k)) for k in FOLDS]
                 jobs.append(("evaluate", t, e, m))
+    jobs += [("heatmaps", *parts) for parts in heatmap_jobs()]
     jobs += [("summary", "summary"), ("report", "report")]
     return [os.path.relpath(OUT.benchmark(*job), RESULTS) for job in jobs]
 
 
+def heatmap_jobs():
+    """(task, encoder, method) of every heatmaps job; none when ``heatmaps.enabled`` is false."""
+    if not config["heatmaps"]["enabled"]:
+        return []
+    return [(t, e, m) for t in TASKS for e in ENCODERS for m in TRAINED_METHODS]
+
+
+def heatmap_outputs():
+    """The heatmap folders of this run (the report's inputs)."""
+    return [OUT.heatmap_dir(*job) for job in heatmap_jobs()]
+
+
 def final_outputs():
-    return [OUT.summary_csv, OUT.report_html]
+    return [OUT.summary_csv, *heatmap_outputs(), OUT.report_html]
