@@ -147,6 +147,9 @@ def section(
         return ""
     out = Path(out)
     items = read_folders(results, folders)
+    groups_seen = list(dict.fromkeys((i.task, i.encoder) for i in items))
+    order = method_order(list(dict.fromkeys(i.method for i in items)))
+    items.sort(key=lambda i: (groups_seen.index((i.task, i.encoder)), order.index(i.method)))
     parts = [
         "<h2>Heatmaps</h2>",
         '<p class="small">Each slide scored by the fold model whose test part held it (out of '
