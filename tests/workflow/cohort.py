@@ -144,7 +144,7 @@ def e2e_run(base: Path) -> Path:
     if workdir.exists():
         shutil.rmtree(workdir)
     write_config(workdir, workflow_config(cohort))
-    proc = run_snakemake(workdir, "--cores", "2", "--keep-going", *FAST, timeout=900)
+    proc = run_snakemake(workdir, "--cores", "2", "--keep-going", *FAST, timeout=1800)
     (workdir / "snakemake.out").write_text(proc.stdout + proc.stderr)
     done.write_text("ok\n")
     return workdir

@@ -57,6 +57,7 @@ def test_full_dag_of_demo_config_has_one_job_per_slide_encoder_fold_method(
     assert counts["splits"] == tasks
     assert counts["train"] == tasks * encoders * len(methods) * folds  # baselines and MHIM alike
     assert counts["evaluate"] == tasks * encoders * len(methods)
+    assert counts["heatmaps"] == tasks * encoders * len(methods)  # out-of-fold heatmaps, all slides
     assert counts["summary"] == counts["report"] == counts["all"] == 1
     # the slide listed in the labels but absent on disk: one clear line per task, and left out
     warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "'gone0'" in line]

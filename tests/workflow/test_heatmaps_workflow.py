@@ -84,3 +84,18 @@ def test_abmil_attention_localises_the_tumour(run, wf):
     row = summary[(summary["method"] == "abmil") & (summary["score"] == "attention")].iloc[0]
     assert row["median"] == pytest.approx(attention["auc"].median())
     assert row["n_slides"] == len(attention)
+
+
+def test_snakemake_report_attaches_every_heatmap(run, wf, snakemake, tmp_path):
+    """`snakemake --report` (zip form, to list its files) carries each slide's heatmap and gallery."""
+    import zipfile
+
+    results, config = run
+    zipped = tmp_path / "report.zip"
+    snakemake(results.parent, "--report", zipped)
+    names = "\n".join(zipfile.ZipFile(zipped).namelist())
+    for task in config["tasks"]:
+        for method in METHODS:
+            for slide in task_slides(results, config, task, wf):
+                assert f"heatmaps/{task['name']}/{wf.ENCODER}/{method}/{slide}.png" in names
+                assert f"{slide}_gallery.png" in names

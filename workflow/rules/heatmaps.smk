@@ -4,29 +4,6 @@
 # one before the job and a failed job leaves none), with index.json written last by the command.
 # Paths come from OUT (pipeline/layout.py); the logic is `wsi-mil heatmaps`.
 
-HEATMAPS = config["heatmaps"]
-
-
-def heatmap_inputs(w):
-    """What a heatmaps job reads: the train job's inputs, every fold of the method, the masks."""
-    task = TASKS[w.task]
-    inputs = {
-        "features": [OUT.features(w.encoder, s) for s in TASK_SLIDES[w.task]],
-        "table": task["table"],
-        "slides_table": task_slides_table(task),
-        "splits": OUT.splits(w.task),
-        "folds": [
-            OUT.fold_file(w.task, w.encoder, w.method, k, "metrics") for k in FOLDS
-        ],
-    }
-    if task.get("masks"):
-        inputs["masks"] = task["masks"]
-    return inputs
-
-
-def masks_flag(w, input):
-    return f"--masks {shlex.quote(input.masks)}" if "masks" in input.keys() else ""
-
 
 rule heatmaps:
     input:
