@@ -111,7 +111,7 @@ def _mhim_maps(model, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.T
     """Student maps on the inference path, plus the teacher's class-aware probability and attention."""
     n = x.shape[0]
     h = model.student.embed(x)
-    use_grn = model.grn is not None and model.mcfg["grn_at_inference"]
+    use_grn = model.grn is not None and model.grn_at_inference
     pooled = model._student_pool(h, model.grn(h) if use_grn else None)
     logits = model.student.classify(pooled)
     maps = _baseline_maps(model.student, pooled, n, logits)
