@@ -91,7 +91,15 @@ def make_tiny_cohort(base: Path) -> Path:
     cohort = base / "cohort"
     if (cohort / "cohort.json").exists() and (cohort / "slides" / f"{BROKEN}.svs").exists():
         return cohort
-    make_cohort(cohort, N_SLIDES, seed=0, size_scale=0.4, censored_fraction=0.3)
+    # tumour large enough that positive slides have whole tumour patches (heatmap localisation test)
+    make_cohort(
+        cohort,
+        N_SLIDES,
+        seed=0,
+        size_scale=0.4,
+        censored_fraction=0.3,
+        tumor_fraction_range=(0.3, 0.5),
+    )
     (cohort / "slides" / f"{BROKEN}.svs").write_bytes(b"II*\x00" + bytes(range(256)) * 64)
     with open(cohort / "labels.csv", newline="") as handle:
         label = next(row["label"] for row in csv.DictReader(handle) if row["case_id"] == "case000")
