@@ -25,6 +25,8 @@ def fake_cohort(root: Path, n_slides: int = 7, missing: int = 1) -> list[str]:
     """Empty slide files (a dry run never opens them) and tables in the demo config's layout."""
     slides = root / "demo" / "data" / "slides"
     slides.mkdir(parents=True)
+    (root / "demo" / "data" / "masks").mkdir()
+    (root / "demo" / "data" / "masks" / "masks.json").write_text('{"slides": {}}')  # demo: masks
     ids = [f"case{i:03d}_a" for i in range(n_slides)]
     for sid in ids:
         (slides / f"{sid}.svs").touch()
