@@ -44,6 +44,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/tiling.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/mil.smk"
+include: "workflow/rules/heatmaps.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -22,6 +22,7 @@ Layout of ``results_dir``::
                                                a fold model's predictions/metrics on the task's
                                                external cohort (`wsi-mil predict`)
     external/{task}/{encoder}/{method}/summary.json   the same statistics on the external cohort
+    heatmaps/{task}/{encoder}/{method}/        out-of-fold score stores and pictures (HEATMAP_INDEX)
     summary.csv  report/index.html  report/slides.csv
     logs/{stage}/...log  benchmarks/{stage}/...tsv
 """
@@ -53,6 +54,10 @@ SUMMARY_JSON = "summary.json"  # one per task x encoder x method (and per method
 SPLITS_CSV = "splits.csv"  # the folds `wsi-mil cv` writes into its output folder
 EFFECTIVE_CONFIG = "config.effective.yaml"
 RUN_MANIFEST = "run.json"  # the slides, encoders and benchmark files of the current run (report)
+HEATMAP_INDEX = "index.json"  # a heatmap folder's manifest (slides, folds, files); written last
+LOCALISATION_CSV = (
+    "localisation.csv"  # per-slide localisation AUCs beside it (when masks are known)
+)
 
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
 # summary.json of the cross-validation (mil/) and of the external cohort (external/)
@@ -99,6 +104,18 @@ def fold_file(fold_dir: str | os.PathLike, key: str) -> Path:
 def fold_complete(fold_dir: str | os.PathLike) -> bool:
     """A fold folder is complete once ``metrics.json`` exists (it is written last, atomically)."""
     return fold_file(fold_dir, "metrics").is_file()
+
+
+def heatmap_files(folder: str | os.PathLike, slide: str) -> dict[str, Path]:
+    """The files of one slide in a heatmap folder: ``store`` ({slide}.zarr), ``png`` ({slide}.png),
+    ``gallery`` ({slide}_gallery.png) and ``gallery_csv`` ({slide}_gallery.csv)."""
+    folder = Path(folder)
+    return {
+        "store": folder / f"{slide}.zarr",
+        "png": folder / f"{slide}.png",
+        "gallery": folder / f"{slide}_gallery.png",
+        "gallery_csv": folder / f"{slide}_gallery.csv",
+    }
 
 
 def summary_parts(path: str | os.PathLike) -> tuple[str, str, str] | None:
@@ -230,6 +247,14 @@ class Layout:
 
     def external_summary(self, task: str, encoder: str, method: str) -> str:
         return f"{self.external_dir(task, encoder, method)}/{SUMMARY_JSON}"
+
+    # --- heatmaps -----------------------------------------------------------------------------------
+    def heatmap_dir(self, task: str, encoder: str, method: str) -> str:
+        """One folder per task x encoder x method (the heatmaps rule's directory output)."""
+        return self._join("heatmaps", task, encoder, method)
+
+    def heatmap_index(self, task: str, encoder: str, method: str) -> str:
+        return f"{self.heatmap_dir(task, encoder, method)}/{HEATMAP_INDEX}"
 
     # --- Snakemake's own files ----------------------------------------------------------------------
     def log(self, stage: str, *parts: str) -> str:

@@ -8,8 +8,11 @@ feature dimension, classes and the validation threshold, or the survival bin edg
                   --slides-table maps slides to cases, else one per slide)
 
 With --labels (labels.csv / survival.csv of the new cohort) the cohort is scored too and --metrics writes
-AUC/accuracy/balanced accuracy/F1 (threshold fixed at training) or the C-index. --instance-scores DIR
-writes {slide}.zarr with per-patch scores and coords for heatmaps (attention-based methods).
+AUC/accuracy/balanced accuracy/F1 (threshold fixed at training) or the C-index. --heatmaps DIR writes,
+per slide, the score store {slide}.zarr (coords and every per-patch score of the method), the heatmap
+{slide}.png and the gallery {slide}_gallery.png/.csv, as the workflow's heatmaps stage does (drawing
+options from the --config `heatmaps` section); the slides' feature stores must come from `wsi-mil
+extract` (they record the tile geometry and the slide path).
 """
 
 from __future__ import annotations
@@ -38,26 +41,42 @@ def add_arguments(parser) -> None:
         "--metrics", type=Path, default=None, help="metrics JSON to write (needs --labels)"
     )
     parser.add_argument(
+        "--heatmaps",
         "--instance-scores",
+        dest="heatmaps",
         type=Path,
         default=None,
         metavar="DIR",
-        help="also write per-patch scores + coords per slide (zarr) into DIR",
+        help="also write per-slide score stores, heatmaps and galleries into DIR",
     )
+    parser.add_argument("-k", type=int, default=None, help="gallery patches per row (default 8)")
+    parser.add_argument("--config", type=Path, help="config YAML (its `heatmaps` section)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
 def run(args) -> int:
     from pipeline.errors import PipelineError
-    from pipeline.mil.predict import predict, write_instance_scores
+    from pipeline.mil.predict import predict
     from pipeline.store import write_json, write_text
 
     if args.metrics and not args.labels:
         raise PipelineError("--metrics", "needs --labels", "Pass the cohort's labels table.")
     result = predict(args.model, args.features, args.labels, args.slides_table, args.device)
-    write_text(args.output, result.pop("predictions").to_csv(index=False))
+    frame = result.pop("predictions")
+    write_text(args.output, frame.to_csv(index=False))
     if args.metrics:
         write_json(args.metrics, result)
-    if args.instance_scores:
-        write_instance_scores(args.model, args.features, args.instance_scores, args.device)
+    if args.heatmaps:
+        labels = None
+        if {"slide_id", "label"} <= set(frame.columns):
+            labels = dict(zip(frame["slide_id"], frame["label"], strict=True))
+        write_heatmaps(args, result["method"], labels)
     return 0
+
+
+def write_heatmaps(args, method: str, labels) -> None:
+    """Score store, heatmap and gallery of every slide into --heatmaps (one store format)."""
+    from pipeline.heatmaps.external import external_heatmaps, heatmap_job
+
+    job = heatmap_job(args.heatmaps, method, args.features, args.device, args.k, args.config)
+    external_heatmaps(args.model, args.features, job, labels)

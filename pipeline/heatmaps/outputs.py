@@ -42,8 +42,9 @@ def score_slide(
 ) -> Path:
     """Score ``bag`` (``[N, D]``, rows in the order of ``coords``) with ``model`` and publish the store.
 
-    ``prediction`` defaults to :func:`default_prediction` of the model's logits on this bag (survival
-    callers should pass the risk); the logits are kept in the provenance either way.
+    ``prediction`` defaults to :func:`default_prediction` of the model's logits on this bag; a callable
+    is applied to the logits (e.g. a survival task's risk), so the bag is scored once. The logits are
+    kept in the provenance either way.
     """
     from pipeline.heatmaps.store import write_score_store
     from pipeline.mil.scores import score_bag
@@ -57,7 +58,9 @@ def score_slide(
         method=method,
         tile_attrs=tile_attrs,
         label=label,
-        prediction=default_prediction(logits) if prediction is None else prediction,
+        prediction=(prediction or default_prediction)(logits)
+        if prediction is None or callable(prediction)
+        else prediction,
         provenance={**dict(provenance or {}), "logits": logits.tolist()},
     )
 

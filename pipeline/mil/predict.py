@@ -9,11 +9,9 @@ rebuild the network without the training data. With a labels/survival table the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
@@ -114,36 +112,3 @@ def predict(
         seconds,
     )
     return result
-
-
-@torch.no_grad()
-def write_instance_scores(model_dir, features_dir, outdir, device="auto") -> int:
-    """Per-slide ``{slide}.zarr`` with ``scores`` [N] (the model's instance scores, e.g. attention) and
-    ``coords`` [N,2], for heatmaps; returns the number of slides written. Models without instance scores
-    (TransMIL) raise."""
-    from pipeline.store import write_store
-
-    device = resolve_device(device)
-    model, meta = FoldFolder(model_dir).load_model(device)
-    bank = FeatureBank.load(features_dir)
-    written = 0
-    for slide in bank.slides:
-        out = model(bank.get(slide).float().to(device))
-        if "instance_scores" not in out:
-            raise PipelineError(
-                meta["method"],
-                "this model gives no instance scores",
-                "Use an attention-based method (abmil, dsmil, mhim_abmil, ...).",
-            )
-        scores = out["instance_scores"].float().cpu().numpy().reshape(-1)
-        coords = bank.coords(slide)
-        arrays = {"scores": scores.reshape(-1, 1)}
-        if coords is not None:
-            arrays["coords"] = coords.astype("int32")
-        write_store(
-            Path(outdir) / f"{slide}.zarr",
-            arrays,
-            {"method": meta["method"], "model_dir": str(model_dir), "slide": slide},
-        )
-        written += 1
-    return written

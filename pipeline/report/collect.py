@@ -32,6 +32,7 @@ class RunInputs:
     slides: list[str]
     encoders: list[str]
     benchmarks: list[str] | None = None  # None: no run-time table
+    heatmaps: list[str] | None = None  # heatmap folders (relative to the results); None: none
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> RunInputs:
@@ -39,7 +40,12 @@ class RunInputs:
         p = Path(path)
         try:
             data = json.loads(p.read_text())
-            return cls(list(data["slides"]), list(data["encoders"]), data.get("benchmarks"))
+            return cls(
+                list(data["slides"]),
+                list(data["encoders"]),
+                data.get("benchmarks"),
+                data.get("heatmaps"),
+            )
         except FileNotFoundError:
             raise PipelineError(
                 p,

@@ -283,7 +283,9 @@ def page(
     thumbs: dict[str, bytes],
     qc_links: dict[str, str],
     config_text: str,
+    extra: Sequence[str] = (),
 ) -> str:
+    """The page; ``extra`` holds ready HTML sections (e.g. heatmaps) placed after the slide table."""
     body = [
         f"<h1>{esc(title)}</h1>",
         f'<p class="small">{esc(generated)}</p>',
@@ -300,6 +302,7 @@ def page(
         stage_table(times),
         "<h2>Slides</h2>",
         slide_table(slides, thumbs, qc_links),
+        *extra,
     ]
     if config_text:
         body.append(

@@ -91,7 +91,15 @@ def make_tiny_cohort(base: Path) -> Path:
     cohort = base / "cohort"
     if (cohort / "cohort.json").exists() and (cohort / "slides" / f"{BROKEN}.svs").exists():
         return cohort
-    make_cohort(cohort, N_SLIDES, seed=0, size_scale=0.4, censored_fraction=0.3)
+    # tumour large enough that positive slides have whole tumour patches (heatmap localisation test)
+    make_cohort(
+        cohort,
+        N_SLIDES,
+        seed=0,
+        size_scale=0.4,
+        censored_fraction=0.3,
+        tumor_fraction_range=(0.3, 0.5),
+    )
     (cohort / "slides" / f"{BROKEN}.svs").write_bytes(b"II*\x00" + bytes(range(256)) * 64)
     with open(cohort / "labels.csv", newline="") as handle:
         label = next(row["label"] for row in csv.DictReader(handle) if row["case_id"] == "case000")
@@ -101,12 +109,18 @@ def make_tiny_cohort(base: Path) -> Path:
 
 
 def workflow_config(cohort: Path, **sections) -> dict:
-    """A config for the tiny cohort: both task types, AB-MIL and MHIM(AB-MIL), 2 folds, 2 epochs."""
+    """A config for the tiny cohort: both task types, AB-MIL and MHIM(AB-MIL), 2 folds, 20 epochs;
+    heatmaps on (the default), with the cohort's tumour masks for the classification task."""
     config = {
         "slides_dir": str(cohort / "slides"),
         "results_dir": "results",
         "tasks": [
-            {"name": "tumour", "type": "classification", "table": str(cohort / "labels.csv")},
+            {
+                "name": "tumour",
+                "type": "classification",
+                "table": str(cohort / "labels.csv"),
+                "masks": str(cohort / "masks" / "masks.json"),  # localisation of the heatmaps
+            },
             {
                 "name": "survival",
                 "type": "survival",
@@ -115,7 +129,8 @@ def workflow_config(cohort: Path, **sections) -> dict:
             },
         ],
         "features": {"encoders": [ENCODER], "batch_size": 64, "workers": 0, "device": "cpu"},
-        "mil": {"methods": ["abmil", "mhim_abmil"], "folds": 2, "epochs": 2, "patience": 2},
+        # 20 epochs of tiny bags cost seconds; 2 left AB-MIL's attention untrained (uniform)
+        "mil": {"methods": ["abmil", "mhim_abmil"], "folds": 2, "epochs": 20, "patience": 10},
     }
     config.update(sections)
     return config
@@ -138,7 +153,7 @@ def e2e_run(base: Path) -> Path:
     if workdir.exists():
         shutil.rmtree(workdir)
     write_config(workdir, workflow_config(cohort))
-    proc = run_snakemake(workdir, "--cores", "2", "--keep-going", *FAST, timeout=900)
+    proc = run_snakemake(workdir, "--cores", "2", "--keep-going", *FAST, timeout=1800)
     (workdir / "snakemake.out").write_text(proc.stdout + proc.stderr)
     done.write_text("ok\n")
     return workdir

@@ -25,6 +25,8 @@ def fake_cohort(root: Path, n_slides: int = 7, missing: int = 1) -> list[str]:
     """Empty slide files (a dry run never opens them) and tables in the demo config's layout."""
     slides = root / "demo" / "data" / "slides"
     slides.mkdir(parents=True)
+    (root / "demo" / "data" / "masks").mkdir()
+    (root / "demo" / "data" / "masks" / "masks.json").write_text('{"slides": {}}')  # demo: masks
     ids = [f"case{i:03d}_a" for i in range(n_slides)]
     for sid in ids:
         (slides / f"{sid}.svs").touch()
@@ -57,6 +59,7 @@ def test_full_dag_of_demo_config_has_one_job_per_slide_encoder_fold_method(
     assert counts["splits"] == tasks
     assert counts["train"] == tasks * encoders * len(methods) * folds  # baselines and MHIM alike
     assert counts["evaluate"] == tasks * encoders * len(methods)
+    assert counts["heatmaps"] == tasks * encoders * len(methods)  # out-of-fold heatmaps, all slides
     assert counts["summary"] == counts["report"] == counts["all"] == 1
     # the slide listed in the labels but absent on disk: one clear line per task, and left out
     warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "'gone0'" in line]

@@ -145,7 +145,12 @@ def test_summary_json_csv_and_report_agree_with_the_folds(run, wf):
         config["mil"]["methods"]
     )
     assert "C-index" in page
-    assert page.count('src="data:image/jpeg;base64,') == wf.N_SLIDES + 1  # QC thumbnails
+    slides_part = page.split("<h2>Slides</h2>")[1].split("<h2>")[0]
+    assert slides_part.count('src="data:image/jpeg;base64,') == wf.N_SLIDES + 1  # QC thumbnails
+    # heatmaps section: each task x method's heatmap of every good slide (tests/workflow/
+    # test_heatmaps_workflow.py checks the links)
+    heatmaps = len(config["tasks"]) * len(config["mil"]["methods"]) * wf.N_SLIDES
+    assert page.count('alt="heatmap ') == heatmaps
     stages = page.split("<h2>Run time per stage</h2>")[1].split("<h2>")[0]
     for stage in ("tile", "extract", "splits", "train", "evaluate"):
         assert f"<td>{stage}</td>" in stages

@@ -429,6 +429,30 @@ def teacher_flag(w, input):
     return f"--teacher-init {shlex.quote(os.path.dirname(input.teacher))}"
 
 
+def heatmap_inputs(w):
+    """What a heatmaps job reads: the train job's inputs, every fold of the method, the masks.
+    With repeated CV the first repeat's folds score the slides (each slide once, out of fold)."""
+    task = TASKS[w.task]
+    repeat = REPEATS[0]
+    inputs = {
+        "features": [OUT.features(w.encoder, s) for s in TASK_SLIDES[w.task]],
+        "table": task["table"],
+        "slides_table": task_slides_table(task),
+        "splits": OUT.splits(w.task, repeat),
+        "folds": [
+            OUT.fold_file(w.task, w.encoder, w.method, k, "metrics", repeat)
+            for k in FOLDS
+        ],
+    }
+    if task.get("masks"):
+        inputs["masks"] = task["masks"]
+    return inputs
+
+
+def masks_flag(w, input):
+    return f"--masks {shlex.quote(input.masks)}" if "masks" in input.keys() else ""
+
+
 def run_benchmarks():
     """The benchmark files of every job of this run, relative to the results folder."""
     jobs = [("tile", s) for s in SLIDE_IDS]
@@ -468,9 +492,22 @@ def run_benchmarks():
                         for k in FOLDS
                     ]
                     jobs.append(("external_evaluate", t, e, m))
+    jobs += [("heatmaps", *parts) for parts in heatmap_jobs()]
     jobs += [("summary", "summary"), ("report", "report")]
     return [os.path.relpath(OUT.benchmark(*job), RESULTS) for job in jobs]
 
 
+def heatmap_jobs():
+    """(task, encoder, method) of every heatmaps job; none when ``heatmaps.enabled`` is false."""
+    if not config["heatmaps"]["enabled"]:
+        return []
+    return [(t, e, m) for t in TASKS for e in ENCODERS for m in TRAINED_METHODS]
+
+
+def heatmap_outputs():
+    """The heatmap folders of this run (the report's inputs)."""
+    return [OUT.heatmap_dir(*job) for job in heatmap_jobs()]
+
+
 def final_outputs():
-    return [OUT.summary_csv, OUT.report_html]
+    return [OUT.summary_csv, *heatmap_outputs(), OUT.report_html]

@@ -7,6 +7,7 @@ RUN_MANIFEST = {
     "slides": SLIDE_IDS,
     "encoders": ENCODERS,
     "benchmarks": run_benchmarks(),
+    "heatmaps": [os.path.relpath(d, RESULTS) for d in heatmap_outputs()],
 }
 write_if_changed(
     OUT.run_manifest, json.dumps(RUN_MANIFEST, indent=1, ensure_ascii=False) + "\n"
@@ -49,6 +50,7 @@ rule report:
         tiles=[OUT.tiles(s) for s in SLIDE_IDS],
         qc=[OUT.qc(s) for s in SLIDE_IDS],
         features=[OUT.features(e, s) for e in ENCODERS for s in SLIDE_IDS],
+        heatmaps=heatmap_outputs(),
     output:
         html=report(
             OUT.report_html,
