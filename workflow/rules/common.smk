@@ -431,7 +431,8 @@ def teacher_flag(w, input):
 
 def heatmap_inputs(w):
     """What a heatmaps job reads: the train job's inputs, every fold of the method, the masks.
-    With repeated CV the first repeat's folds score the slides (each slide once, out of fold)."""
+    With repeated CV the first repeat's folds score the slides (each slide once, out of fold).
+    """
     task = TASKS[w.task]
     repeat = REPEATS[0]
     inputs = {
