@@ -87,7 +87,7 @@ def train_epochs(method: str, bags, labels, device, epochs: int) -> dict:
 
     from pipeline.device import resolve_precision
     from pipeline.mil.models import create_mil_model, method_info
-    from pipeline.mil.train import make_optimizer, train_step
+    from pipeline.mil.loop import make_optimizer, train_step
 
     torch.manual_seed(0)
     dim = bags[0].shape[1]
@@ -97,7 +97,7 @@ def train_epochs(method: str, bags, labels, device, epochs: int) -> dict:
         model.load_teacher(baseline.state_dict())
     model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, {"lr": 2e-4, "weight_decay": 1e-5})
+    optimizer = make_optimizer(params, lr=2e-4, weight_decay=1e-5)
     precision = resolve_precision("auto", device, "bf16", "mil.precision", ("auto", "fp32", "bf16"))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     targets = [torch.tensor([y], device=device) for y in labels]

@@ -103,16 +103,17 @@ def _cross_field_errors(config: dict[str, Any], source: str) -> list[str]:
                 f"({size}); neighbouring patches cannot share a whole patch"
             )
     features = config.get("features")
-    if isinstance(features, dict):
-        encoders = features.get("encoders") or []
-        weights = features.get("weights") or {}
-        if isinstance(encoders, list) and isinstance(weights, dict):
-            lines += [
-                f"{source}: 'features.weights.{key}': not one of features.encoders "
-                f"({', '.join(map(str, encoders))}); the weights would never be used"
-                for key in weights
-                if key not in encoders
-            ]
+    weights = features.get("weights") if isinstance(features, dict) else None
+    if isinstance(weights, dict):
+        # a misspelt key would silently leave its encoder on `pretrained`; a correctly spelt one for
+        # an encoder not in this config's list is fine (`wsi-mil extract --encoder` may use it)
+        known = load_schema()["properties"]["features"]["properties"]["encoders"]["items"]["enum"]
+        lines += [
+            f"{source}: 'features.weights.{key}': not an encoder name (known: "
+            f"{', '.join(known)}); the weights would never be used"
+            for key in weights
+            if key not in known
+        ]
     mil = config.get("mil")
     methods = mil.get("methods") if isinstance(mil, dict) else None
     if isinstance(methods, list):

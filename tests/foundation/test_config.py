@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pipeline.config import DEFAULT_CONFIG, config_errors, load_config, section
+from pipeline.encoders import list_encoders
 from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,8 +147,8 @@ def test_check_config_rejects_misspelt_weights_key_and_unknown_names(tmp_path):
     result = _check_config(tmp_path, cfg)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"ERROR {tmp_path / 'cfg.yaml'}: 'features.weights.efficientnet-lite0': not one of "
-        "features.encoders (efficientnet_lite0); the weights would never be used"
+        f"ERROR {tmp_path / 'cfg.yaml'}: 'features.weights.efficientnet-lite0': not an encoder "
+        f"name (known: {', '.join(s.name for s in list_encoders())}); the weights would never be used"
     ]
     cfg["features"]["weights"] = {}
     cfg["features"]["encoders"] = ["efficientnet_lite0;touch X;true"]
