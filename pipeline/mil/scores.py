@@ -12,6 +12,10 @@ float32 arrays of length N (one value per patch, in the bag's order). What each 
   when ``grn_at_inference``; the GRN tokens' share is left out, not renormalised, except for TransMIL).
 * ``instance_logit`` (DSMIL, MHIM-DSMIL): the instance classifier's logit (the single output, or the
   bag's predicted class when there are several outputs).
+* ``contribution`` (``meanpool``, ``maxpool``): each instance's exact share of the bag logit (the single
+  output, or the predicted class) without the bias: for mean pooling ``w . standardise(x_i) / N`` (they
+  sum to the logit minus the bias); for max pooling the terms ``w_d . standardise(x_id)`` of the features
+  ``d`` where instance ``i`` holds the maximum (ties: the first).
 * ``instance_prob`` (MHIM-*): the teacher's class-aware instance probability max_c softmax(C_T(a_i h_i)),
   the score MHIM v2 masks the top of during training; ``teacher_attention``: the teacher's attention.
 
@@ -59,7 +63,7 @@ def score_bag(
                 h = model.embed(x)
                 pooled = model.pool(h)
                 logits = model.classify(pooled)
-                maps = _baseline_maps(model, pooled, n, logits)
+                maps = _baseline_maps(model, pooled, n, logits, h)
     finally:
         model.train(was_training)
     out = {k: v.detach().float().cpu().numpy().reshape(-1) for k, v in maps.items()}
@@ -72,13 +76,20 @@ def score_bag(
 
 
 def _baseline_maps(
-    model: MILModel, pooled: dict[str, torch.Tensor], n: int, logits: torch.Tensor
+    model: MILModel,
+    pooled: dict[str, torch.Tensor],
+    n: int,
+    logits: torch.Tensor,
+    h: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Scores of the first ``n`` pooled tokens (the real instances; GRN tokens may follow)."""
     from pipeline.mil.models.dsmil import DSMIL
+    from pipeline.mil.models.pooling import MeanPoolMIL
     from pipeline.mil.models.transmil import TransMIL
     from pipeline.mil.msm import MSMMIL
 
+    if isinstance(model, MeanPoolMIL) and h is not None:
+        return {"contribution": pooling_contribution(model, h, logits)}
     if isinstance(model, TransMIL):
         return {
             "attention": transmil_cls_attention(pooled["last_cls_row"][:, :n]),
@@ -121,3 +132,15 @@ def _mhim_maps(model, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.T
     t_logits = model.teacher.classify(pt)
     maps["teacher_attention"] = _baseline_maps(model.teacher, pt, n, t_logits)["attention"]
     return maps, logits
+
+
+def pooling_contribution(model, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Each instance's exact share of a mean- or max-pool reference model's logit (see the module doc)."""
+    column = 0 if logits.numel() == 1 else int(logits.reshape(-1).argmax())
+    w = model.classifier.weight[column] / model.standardize.scale().reshape(-1)
+    mean = model.standardize.mean.reshape(-1)
+    if model.reduce == "mean":
+        return ((h - mean) @ w) / h.shape[0]
+    winner = h.argmax(dim=0)  # [D]: the instance holding each feature's maximum
+    terms = (h.amax(dim=0) - mean) * w
+    return torch.zeros(h.shape[0], dtype=terms.dtype, device=h.device).index_add_(0, winner, terms)

@@ -28,6 +28,9 @@ EXPECTED = {
     "transmil": {"attention", "attention_layer1"},
     "dsmil": {"attention", "instance_logit"},
     "msm": {"attention", "attention_stage0", "attention_stage1", "attention_stage2"},
+    "abmil_std": {"attention"},
+    "meanpool": {"contribution"},
+    "maxpool": {"contribution"},
 }
 
 
@@ -65,6 +68,22 @@ def test_every_method_scores_every_patch(method, n_outputs):
     with torch.no_grad():
         ref = model(_bag(37))["logits"].reshape(-1).numpy()
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["meanpool", "maxpool"])
+def test_reference_contributions_add_up_to_the_logit(method):
+    """The mean/max-pool references' instance contributions are exact: they sum to logit - bias."""
+    model = _model(method, 1)
+    bag = _bag(37)
+    model.train()
+    for seed in range(3):  # move the running statistics off their start
+        model(_bag(37, seed + 1))
+    maps, logits = score_bag(model, bag)
+    bias = model.classifier.bias.detach().numpy()[0]
+    assert maps["contribution"].sum() == pytest.approx(logits[0] - bias, rel=1e-4, abs=1e-5)
+    if method == "maxpool":  # only instances holding some feature's maximum contribute
+        holders = set(bag.argmax(dim=0).tolist())
+        assert {i for i, v in enumerate(maps["contribution"]) if v != 0} <= holders
 
 
 def test_abmil_attention_is_the_softmax_weights():
