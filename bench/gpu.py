@@ -86,8 +86,8 @@ def train_epochs(method: str, bags, labels, device, epochs: int) -> dict:
     import torch.nn.functional as F
 
     from pipeline.device import resolve_precision
-    from pipeline.mil.models import create_mil_model, method_info
     from pipeline.mil.loop import make_optimizer, train_step
+    from pipeline.mil.models import create_mil_model, method_info
 
     torch.manual_seed(0)
     dim = bags[0].shape[1]

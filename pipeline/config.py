@@ -89,6 +89,28 @@ def config_errors(config: dict[str, Any], source: str = "config") -> list[str]:
     return lines + _cross_field_errors(config, source)
 
 
+def _weights_key_errors(features: dict[str, Any], source: str) -> list[str]:
+    """A ``features.weights`` key that is misspelt, or names an encoder this config does not run,
+    would silently leave the encoder on ``pretrained``: one line each."""
+    weights, encoders = features.get("weights"), features.get("encoders") or []
+    if not isinstance(weights, dict) or not isinstance(encoders, list):
+        return []
+    known = load_schema()["properties"]["features"]["properties"]["encoders"]["items"]["enum"]
+    lines = []
+    for key in weights:
+        if key not in known:
+            lines.append(
+                f"{source}: 'features.weights.{key}': not an encoder name (known: "
+                f"{', '.join(known)}); the weights would never be used"
+            )
+        elif key not in encoders:
+            lines.append(
+                f"{source}: 'features.weights.{key}': not one of features.encoders "
+                f"({', '.join(map(str, encoders))}); the weights would never be used"
+            )
+    return lines
+
+
 def _cross_field_errors(config: dict[str, Any], source: str) -> list[str]:
     """What the schema cannot say: keys that must agree with each other or with the method table."""
     from pipeline.methods import METHODS
@@ -103,17 +125,8 @@ def _cross_field_errors(config: dict[str, Any], source: str) -> list[str]:
                 f"({size}); neighbouring patches cannot share a whole patch"
             )
     features = config.get("features")
-    weights = features.get("weights") if isinstance(features, dict) else None
-    if isinstance(weights, dict):
-        # a misspelt key would silently leave its encoder on `pretrained`; a correctly spelt one for
-        # an encoder not in this config's list is fine (`wsi-mil extract --encoder` may use it)
-        known = load_schema()["properties"]["features"]["properties"]["encoders"]["items"]["enum"]
-        lines += [
-            f"{source}: 'features.weights.{key}': not an encoder name (known: "
-            f"{', '.join(known)}); the weights would never be used"
-            for key in weights
-            if key not in known
-        ]
+    if isinstance(features, dict):
+        lines += _weights_key_errors(features, source)
     mil = config.get("mil")
     methods = mil.get("methods") if isinstance(mil, dict) else None
     if isinstance(methods, list):

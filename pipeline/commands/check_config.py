@@ -1,7 +1,7 @@
 """Validate a config file against the workflow schema; print one line per problem.
 
 Beyond the schema it checks what is known before any slide is read: ``tiling.overlap`` below
-``tiling.patch_size``, ``features.weights`` keys that are encoder names, and registered encoder and
+``tiling.patch_size``, ``features.weights`` keys that are listed encoders, and registered encoder and
 method names (encoder names are the schema's enum, kept equal to the registry by
 tests/features/test_encoders.py).
 """

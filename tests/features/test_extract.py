@@ -268,7 +268,7 @@ def test_cli_defaults_from_config_and_progress_line(tmp_path, cmu_tiles, cmu, ca
     config.write_text(
         "slides_dir: s\nresults_dir: r\ntasks: [{name: t, type: classification, table: x}]\n"
         "features: {batch_size: 4, workers: 0, dtype: float32, device: cpu, "
-        "weights: {efficientnet_lite0: pretrained}}\n"
+        "encoders: [efficientnet_lite0], weights: {efficientnet_lite0: pretrained}}\n"
     )
     out = tmp_path / "f.zarr"
     args = ["extract", str(cmu), str(cmu_tiles), "-o", str(out), "--encoder", "efficientnet_lite0"]

@@ -150,6 +150,11 @@ def test_check_config_rejects_misspelt_weights_key_and_unknown_names(tmp_path):
         f"ERROR {tmp_path / 'cfg.yaml'}: 'features.weights.efficientnet-lite0': not an encoder "
         f"name (known: {', '.join(s.name for s in list_encoders())}); the weights would never be used"
     ]
+    cfg["features"]["weights"] = {"uni": "/w/uni.bin"}  # spelt right, but uni does not run here
+    assert _check_config(tmp_path, cfg).stderr.strip().splitlines() == [
+        f"ERROR {tmp_path / 'cfg.yaml'}: 'features.weights.uni': not one of "
+        "features.encoders (efficientnet_lite0); the weights would never be used"
+    ]
     cfg["features"]["weights"] = {}
     cfg["features"]["encoders"] = ["efficientnet_lite0;touch X;true"]
     cfg["mil"]["methods"] = ["abmil", "ab-mil"]
