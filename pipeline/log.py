@@ -25,7 +25,9 @@ def setup_logging(verbose: bool = False) -> None:
     if any(getattr(h, "_wsi_mil", False) for h in root.handlers):
         root.setLevel(logging.DEBUG if verbose else logging.INFO)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    # the process's real stderr: a stream swapped in later (and closed) by a caller or test harness
+    # must not become the log's destination
+    handler = logging.StreamHandler(sys.__stderr__)
     handler._wsi_mil = True  # type: ignore[attr-defined]
     handler.addFilter(_ContextFilter())
     handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))

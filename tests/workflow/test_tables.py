@@ -89,6 +89,8 @@ def _cohort(root: Path, labels: bytes | str) -> None:
         "case_id,time,event\n"
         + "".join(f"{s.split('_')[0]},{5 + i},{i % 2}\n" for i, s in enumerate(IDS))
     )
+    (data / "masks").mkdir(exist_ok=True)  # the demo config measures localisation from these
+    (data / "masks" / "masks.json").write_text('{"slides": {}}')
 
 
 @pytest.mark.parametrize("kind", ["clean", "messy"])
