@@ -184,7 +184,7 @@ class Embedder:
         self.precision = resolve_precision(
             options.precision, self.device, encoder.spec.precision, "features.precision"
         )
-        self.threads = configure_threads(options.workers)
+        self.threads = configure_threads(options.workers, self.device.type)
         self.encoder = encoder.to(self.device)
         if self.device.type == "cuda":
             self.encoder = self.encoder.to(memory_format=torch.channels_last)

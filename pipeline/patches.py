@@ -147,12 +147,19 @@ def thread_budget() -> int:
     return max(1, cores or 1)
 
 
-def configure_threads(workers: int) -> dict[str, int]:
-    """Give the model the cores the decoding workers do not use; returns the settings for the record."""
+def configure_threads(workers: int, device_type: str = "cpu") -> dict[str, int]:
+    """Set the model's thread count from the job's cores; returns the settings for the record.
+
+    On a GPU the host threads only feed the device, so the cores go to the decoding workers and the
+    model keeps what is left. On the CPU the model *is* the work: decoding a patch costs a few per
+    cent of a CNN's forward pass, and the workers wait on a bounded prefetch queue, so they use only
+    what decoding needs. Leaving them a core each halved throughput on a 2-core machine
+    (BENCHMARKS.md, cohort extraction); the model gets every core and the scheduler shares them.
+    """
     import torch
 
     budget = thread_budget()
-    model_threads = max(1, budget - workers)
+    model_threads = budget if device_type == "cpu" else max(1, budget - workers)
     torch.set_num_threads(model_threads)
     return {
         "cores": budget,

@@ -286,15 +286,18 @@ def test_cli_unknown_encoder_is_one_line(tmp_path, cmu_tiles, cmu, capsys):
     assert rc == 1 and len(err) == 1 and "unknown encoder" in err[0] and "resnet50_trunc" in err[0]
 
 
-def test_model_threads_leave_cores_to_workers(monkeypatch):
+def test_model_threads_follow_the_device(monkeypatch):
+    """On a GPU the decoding workers get the cores; on the CPU the model (the real work) gets all."""
     budget = min(len(os.sched_getaffinity(0)), 8)
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     before = torch.get_num_threads()
     try:
-        settings = configure_threads(workers=1)
+        settings = configure_threads(workers=1, device_type="cuda")
         assert settings["cores"] == budget
         assert settings["model_threads"] == max(1, budget - 1) == torch.get_num_threads()
-        assert configure_threads(workers=budget + 3)["model_threads"] == 1
+        assert configure_threads(workers=budget + 3, device_type="cuda")["model_threads"] == 1
+        cpu = configure_threads(workers=budget + 3, device_type="cpu")
+        assert cpu["model_threads"] == budget == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
 
