@@ -6,6 +6,8 @@ Three things a hard kill used to leave behind, each made to happen here on purpo
 - Snakemake's lock marks, which made the next run stop with a LockException;
 - a job that finished after Snakemake could record it (its output exists but is marked incomplete),
   which made the next run stop with IncompleteFilesException.
+Extraction runs as group jobs (workflow/rules/features.smk): a group job stages each slide's store and
+the per-slide ``extract`` job moves it into place, so the kills land in the group job.
 """
 
 from __future__ import annotations
@@ -58,13 +60,10 @@ def wait_for(condition, what: str, timeout: float = 300, proc=None) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
-@pytest.mark.xfail(
-    strict=False,
-    reason="Known failing since the group-extraction (issue 12) and hard-kill recovery (issue 16) branches were merged in the same session: each passed on its own branch; the combination was not debugged in time (see the issue notes). strict=False so the fix lands as a pass.",
-)
 def test_hard_kill_is_recovered_by_the_same_command(e2e, wf, job_counts, tmp_path):
     work = wf.copy_run(e2e, tmp_path / "run").resolve()
     feats = work / "results" / "features" / wf.ENCODER
+    staging = work / "results" / "staging" / "features" / wf.ENCODER
     ok = sorted(p.name[: -len(".zarr")] for p in feats.glob("*.zarr") if wf.BROKEN not in p.name)
     clean = {sid: read_array(feats / f"{sid}.zarr", "features") for sid in ok[:2]}
     for sid in clean:
@@ -80,11 +79,14 @@ def test_hard_kill_is_recovered_by_the_same_command(e2e, wf, job_counts, tmp_pat
             )  # fmt: skip
 
     def extracting() -> str | None:
-        """The victim whose store is being written now (the order of jobs is Snakemake's)."""
-        tmp = [p.name for p in feats.glob(".*.zarr.tmp-*")]
+        """The slide whose store the group job is writing now (hidden temporary in staging)."""
+        tmp = [p.name for p in staging.glob(".*.zarr.tmp-*")]
         return tmp[0][1:].split(".zarr.tmp-")[0] if tmp else None
 
-    # 1. kill -9 of the Snakemake process alone, mid-extraction: its job stops by itself
+    def hidden() -> list[str]:
+        return [p.name for folder in (feats, staging) for p in folder.iterdir() if p.name[0] == "."]
+
+    # 1. kill -9 of the Snakemake process alone, mid-extraction: its group job stops by itself
     proc = start("run1.log")
     try:
         wait_for(extracting, "an extraction under way", proc=proc)
@@ -95,48 +97,64 @@ def test_hard_kill_is_recovered_by_the_same_command(e2e, wf, job_counts, tmp_pat
         wait_for(lambda: not jobs_in(work), "the orphaned job to stop", timeout=60)
     finally:
         with_group_killed(proc)
-    assert not (feats / f"{cut}.zarr").exists()
-    assert not [p.name for p in feats.iterdir() if p.name.startswith(".")]  # it cleaned up
+    assert not (feats / f"{cut}.zarr").exists() and not (staging / f"{cut}.zarr").exists()
+    assert not hidden()  # it cleaned up its temporary store
     assert any((work / ".snakemake" / "locks").iterdir())  # Snakemake's lock marks are left
-    log = (work / "results" / "logs" / "extract" / wf.ENCODER / f"{cut}.log").read_text()
+    # the victims form a group of their own (the cohort's first group finished long ago)
+    (group,) = [
+        p.name[len("group-") : -len(".members")]
+        for p in staging.glob("group-*.members")
+        if p.read_text().split() == sorted(clean)
+    ]
+    log = work / "results" / "logs" / "extract_batch" / wf.ENCODER / f"group-{group}.log"
     assert re.fullmatch(
         r"ERROR: the Snakemake process \(pid \d+\) that started this job has ended; "
         r"no partial output was published\.",
-        log.strip().splitlines()[-1],
+        log.read_text().strip().splitlines()[-1],
     )
 
-    # 2. the same command again, then SIGKILL of the whole process group after a job has published
-    # its store but before Snakemake could record it (Snakemake is stopped meanwhile)
+    # 2. the same command again, then SIGKILL of the whole process group after the group job has
+    # written its summary but before Snakemake could record it (Snakemake is stopped meanwhile)
+    summary = staging / f"group-{group}.json"
     proc = start("run2.log")
     try:
         wait_for(extracting, "an extraction under way", proc=proc)
-        unrecorded = extracting()
         os.kill(proc.pid, signal.SIGSTOP)
-        published = feats / f"{unrecorded}.zarr"
-        wait_for(published.exists, f"{unrecorded} published", timeout=120)
+        wait_for(summary.exists, "the group job's summary", timeout=120)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         with_group_killed(proc)
     assert "removed the locks a killed run left" in (tmp_path / "run2.log").read_text()
     assert any((work / ".snakemake" / "incomplete").iterdir())  # marked as incomplete
-    recorded = [sid for sid in clean if sid != unrecorded and (feats / f"{sid}.zarr").exists()]
-    before = published.stat().st_mtime_ns
+    staged = {sid: store_files(staging / f"{sid}.zarr") for sid in clean}  # both embedded
+    assert not any((feats / f"{sid}.zarr").exists() for sid in clean)
 
-    # 3. the same command once more finishes the run, recomputing the unrecorded store
+    # 3. the same command once more finishes the run: the unrecorded group job is re-run, keeps the
+    # stores it had finished (not re-embedded: same files, same mtimes) and they are moved into place
     rerun = wf.run_snakemake(work, "--cores", "1", *targets)
     text = rerun.stdout + rerun.stderr
     assert "removed the locks a killed run left" in text
-    assert job_counts(text)["extract"] == len(clean) - len(recorded), text
-    assert published.stat().st_mtime_ns != before  # not trusted: recomputed
+    counts = job_counts(text)
+    assert counts.get("extract_batch") == 1 and counts.get("extract") == len(clean), text
     for sid, features in clean.items():
+        assert store_files(feats / f"{sid}.zarr") == staged[sid]
         np.testing.assert_array_equal(read_array(feats / f"{sid}.zarr", "features"), features)
-    assert not [p.name for p in feats.iterdir() if p.name.startswith(".")]
+    assert not hidden()
     assert not (work / ".snakemake" / "locks").exists() or not any(
         (work / ".snakemake" / "locks").iterdir()
     )
     dry = wf.run_snakemake(work, "-n", *targets)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def store_files(store: Path) -> dict[str, int]:
+    """Modification times of a store's files (the folder itself is moved into place)."""
+    return {
+        str(p.relative_to(store)): p.stat().st_mtime_ns
+        for p in store.rglob("*")
+        if p.is_file() and p.name != ".snakemake_timestamp"  # Snakemake's mark of a finished job
+    }
 
 
 def with_group_killed(proc: subprocess.Popen) -> None:

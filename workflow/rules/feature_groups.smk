@@ -81,7 +81,10 @@ def extract_settings(w):
 
 def group_input(w):
     """The summary of the group that embeds (or embedded) the slide: the same path on every run,
-    so Snakemake sees the same inputs; ancient, as the summary is written after the stores. Slides
-    in no group (stores made before groups existed) have none."""
+    so Snakemake sees the same inputs. Not ``ancient``: the store moved into place gets Snakemake's
+    timestamp when its job ends, so it is newer than the summary anyway, and Snakemake (9.x) never
+    re-plans a missing output downstream of a re-run job when the input between them is ancient
+    (a group job killed after writing its summary left its slides' stores unpublished for good).
+    Slides in no group (stores made before groups existed) have none."""
     key = GROUP_OF[w.encoder].get(w.slide)
-    return [ancient(group_summary(w.encoder, key))] if key else []
+    return [group_summary(w.encoder, key)] if key else []
