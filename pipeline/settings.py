@@ -146,6 +146,19 @@ def variant_overrides(spec: Mapping[str, Any]) -> tuple[str, dict[str, dict[str,
     return str(spec["method"]), {k: dict(v or {}) for k, v in spec.items() if k != "method"}
 
 
+def describe_variant(spec: Mapping[str, Any]) -> str:
+    """One line saying what a ``mil.variants`` entry is, for tables and reports:
+    ``mhim_abmil: mhim.grn=false, mhim.consistency_weight=0`` (the base method alone when it changes
+    nothing), so an ablation row can be read without the config."""
+    base, changes = variant_overrides(spec)
+
+    def text(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    items = [f"{sec}.{key}={text(v)}" for sec, kv in changes.items() for key, v in kv.items()]
+    return f"{base}: {', '.join(items)}" if items else base
+
+
 @functools.lru_cache(maxsize=1)
 def _defaults() -> MILSettings:
     return MILSettings.from_mapping({}, source="defaults")

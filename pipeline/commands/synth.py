@@ -11,6 +11,10 @@ Harder cohorts, each option off by default (off, the files are exactly those of 
 tumour (lymphoid-aggregate-like: packed small round nuclei), with masks/{slide}_decoy.png; --ink COLOUR...
 draws pen strokes (one on the glass, one across the tissue outline per colour) and --border a near-black
 band along the left edge, with masks/{slide}_ink.png. The tumour mask never includes decoys.
+
+--prefix P starts every slide and case id with P (ext_case000_a.svs, labels, survival, masks), so a
+second cohort, e.g. an external test set, does not clash with the first; the pixels are those of the
+same seed without a prefix.
 """
 
 from __future__ import annotations
@@ -72,6 +76,12 @@ def add_arguments(parser) -> None:
         "--border", action="store_true", help="draw a near-black scanner border (default off)"
     )
     parser.add_argument(
+        "--prefix",
+        default="",
+        help="start every slide and case id with this (e.g. ext_ for a second, external cohort "
+        "beside the first); same pixels as without it (default none)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="processes writing slides (default 1)"
     )
     parser.add_argument(
@@ -100,6 +110,7 @@ def run(args) -> int:
             decoy_fraction=args.decoys,
             ink=tuple(args.ink),
             border=args.border,
+            prefix=args.prefix,
         )
     except ValueError as err:
         raise PipelineError(args.outdir, str(err), "Check the wsi-mil synth arguments.") from err

@@ -112,9 +112,12 @@ def prediction_of(task: Task):
 
 
 def _check_model(meta: dict[str, Any], job: HeatmapJob, fold: int, where: Path) -> None:
+    """The fold's model is ``job.method``'s: a variant's folds record their base method as ``method``
+    (what rebuilds the network) and their own name as ``variant``."""
     problems = []
-    if meta.get("method") != job.method:
-        problems.append(f"it is a {meta.get('method')} model, not {job.method}")
+    name = meta.get("variant") or meta.get("method")
+    if name != job.method:
+        problems.append(f"it is a {name} model, not {job.method}")
     if meta.get("fold") is not None and int(meta["fold"]) != fold:
         problems.append(f"it was trained on fold {meta['fold']}, the folder says {fold}")
     if problems:

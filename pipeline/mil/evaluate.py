@@ -101,9 +101,23 @@ def summarize(fold_dirs: Sequence[str | os.PathLike], n_boot: int = N_BOOT) -> d
             for r, f in zip(repeats, folds, strict=True)
         ],
     }
+    summary["definition"] = variant_definition(fold_dirs[0], str(method))
     results = method_results(str(method), fold_dirs)
     summary["stats"] = method_statistics(results, task_type, n_boot=n_boot, seed=folds[0]["seed"])
     return summary
+
+
+def variant_definition(fold_dir: str | os.PathLike, method: str) -> str:
+    """What a variant is (``describe_variant`` of the ``mil.variants`` entry its fold was trained
+    with, from ``model.json``); '' for a method, or a fold written before variants were recorded."""
+    from pipeline.settings import describe_variant
+
+    path = FoldFolder(fold_dir).file("model_json")
+    try:
+        spec = (json.loads(path.read_text()).get("cfg") or {}).get("variants", {}).get(method)
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return describe_variant(spec) if isinstance(spec, dict) and "method" in spec else ""
 
 
 def summary_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
@@ -119,6 +133,7 @@ def summary_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             "protocol": s["protocol"],
             "optimistic": s["optimistic"],
             "n_folds": s["n_folds"],
+            "definition": s.get("definition", ""),
         }
         for name, m in s["metrics"].items():
             row[f"{name}_mean"], row[f"{name}_std"] = m["mean"], m["std"]
@@ -127,6 +142,11 @@ def summary_table(summary_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         row.update(s.get("stats", {}))
         rows.append(row)
     table = pd.DataFrame(rows)
+    # external rows carry no fold folder: their variant's definition is that of its CV rows
+    if not table.empty:
+        table["definition"] = table.groupby("method")["definition"].transform(
+            lambda d: next((v for v in d if v), "")
+        )
     # the statistics columns in the documented order (summary.json stores keys sorted)
     stats = [c for t in dict.fromkeys(table.get("task_type", [])) for c in summary_columns(t)]
     stats = [c for c in dict.fromkeys(stats) if c in table.columns]

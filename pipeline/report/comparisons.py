@@ -30,6 +30,16 @@ def _protocol(row: pd.Series) -> str:
     return text
 
 
+def _method(row: pd.Series) -> str:
+    """The method's name, and for a variant what it changes (``definition``), so an ablation row
+    reads without the config."""
+    name = html.esc(row["method"])
+    definition = row.get("definition")
+    if isinstance(definition, str) and definition:
+        name += f"<br><span class='small'>{html.esc(definition)}</span>"
+    return name
+
+
 def _interval(row: pd.Series, value: str, low: str | None = None, high: str | None = None) -> str:
     """``estimate [low, high]`` of three columns (default ``{value}_ci_low`` / ``_ci_high``)."""
     estimate = _num(row.get(value))
@@ -122,7 +132,7 @@ def intervals_table(part: pd.DataFrame) -> str:
     rows = [
         [
             html.esc(r["encoder"]),
-            html.esc(r["method"]),
+            _method(r),
             html.esc(f"{int(r['n_repeats'])} × {int(r['n_folds'])}")
             if pd.notna(r.get("n_repeats"))
             else "–",
@@ -151,7 +161,7 @@ def comparison_table(part: pd.DataFrame) -> str:
         rows.append(
             [
                 html.esc(r["encoder"]),
-                html.esc(r["method"]),
+                _method(r),
                 html.esc(r["reference"]),
                 _interval(r, "diff_cv"),
                 html.fmt(_num(r.get("diff_cv_p"))),
@@ -215,7 +225,7 @@ def comparison_table_external(part: pd.DataFrame) -> str:
     rows = [
         [
             html.esc(r["encoder"]),
-            html.esc(r["method"]),
+            _method(r),
             html.esc(r["reference"]),
             _interval(r, "diff_pooled"),
             html.fmt(_num(r.get("diff_pooled_p")))

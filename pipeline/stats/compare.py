@@ -30,7 +30,7 @@ from pipeline.stats import repeated as R
 
 MAIN_METRIC = {"classification": "auc", "survival": "c_index"}
 DISPLAY = {"auc": "AUC", "c_index": "C-index", "accuracy": "accuracy", "f1": "F1"}
-METRICS = {"classification": CLASSIFICATION_METRICS, "survival": ("c_index",)}
+METRICS = {"classification": CLASSIFICATION_METRICS, "survival": ("c_index",)}  # all in [0, 1]
 STAT_SUFFIXES = (
     "mean",
     "std",
@@ -218,7 +218,7 @@ def summarise_method(
     for metric in _metrics(task_type):
         if metric not in folds:
             continue
-        cv = R.repeated_cv_interval(fold_grid(folds, metric), level)
+        cv = R.repeated_cv_interval(fold_grid(folds, metric), level, bounds=(0.0, 1.0))
         if metric == main:
             row.update(
                 n_repeats=cv["n_repeats"],
@@ -315,7 +315,7 @@ def compare_methods(
         )
     diffs = fold_grid(fb, metric) - fold_grid(fa, metric)
     n_tr, n_te = _train_test_sizes(fa, n_train, n_test)
-    cv = R.corrected_resampled_ttest(diffs, n_tr, n_te, level)
+    cv = R.corrected_resampled_ttest(diffs, n_tr, n_te, level, bounds=(-1.0, 1.0))
     pa, first_a = _pooled_rows(ref.predictions, task_type)
     pb, first_b = _pooled_rows(other.predictions, task_type)
     if first_a != first_b:

@@ -11,6 +11,11 @@ performance on new patients. With one repeat there is only one such mean; the re
 to the t-interval over the ``K`` folds and says so (``interval_over = "folds"``): that interval ignores
 the overlap of the training sets and is optimistic.
 
+Bounded metrics: AUC, accuracy, F1 and the C-index lie in [0, 1] and their differences in [-1, 1]; with
+few repeats (``t_1`` = 12.7 for two) the t-interval can pass those limits, so callers give ``bounds`` and
+the interval is cut to them (``clipped`` says so). Cutting keeps the coverage: the true value is inside
+the bounds.
+
 Paired comparison: Nadeau & Bengio (2003) correct the t-test on the ``J = R·K`` paired fold differences
 for that overlap by inflating the variance: ``var = (1/J + n_test/n_train) · s²`` (``s²`` the sample
 variance of the differences) — Bouckaert & Frank's (2004) "corrected repeated k-fold cv test". Then
@@ -43,8 +48,19 @@ def _t_interval(x: np.ndarray, level: float) -> tuple[float, float, float]:
     return mean, float(mean - half), float(mean + half)
 
 
-def repeated_cv_interval(values, level: float = 0.95) -> dict:
-    """Mean over folds × repeats and its t-interval over the repeats' means (module docstring)."""
+def _clip(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float, bool]:
+    """``(low, high)`` cut to ``bounds``, and whether anything was cut (NaN bounds stay NaN)."""
+    if bounds is None or not (np.isfinite(low) and np.isfinite(high)):
+        return low, high, False
+    lo, hi = max(low, bounds[0]), min(high, bounds[1])
+    return float(lo), float(hi), bool(lo != low or hi != high)
+
+
+def repeated_cv_interval(
+    values, level: float = 0.95, bounds: tuple[float, float] | None = None
+) -> dict:
+    """Mean over folds × repeats and its t-interval over the repeats' means (module docstring),
+    cut to ``bounds`` (the metric's range) when given."""
     grid = _grid(values, "repeated CV")
     finite = np.isfinite(grid)
     repeat_means = np.array(
@@ -57,11 +73,13 @@ def repeated_cv_interval(values, level: float = 0.95) -> dict:
     else:
         _, low, high = _t_interval(pooled, level)
         over, n_over = "folds", pooled.size
+    low, high, clipped = _clip(low, high, bounds)
     return {
         "mean": float(pooled.mean()) if pooled.size else float("nan"),
         "std": float(pooled.std()) if pooled.size else float("nan"),  # ddof 0, as the summary
         "ci_low": low,
         "ci_high": high,
+        "clipped": clipped,
         "level": level,
         "interval_over": over,
         "n_interval": int(n_over),
@@ -71,8 +89,15 @@ def repeated_cv_interval(values, level: float = 0.95) -> dict:
     }
 
 
-def corrected_resampled_ttest(diffs, n_train: float, n_test: float, level: float = 0.95) -> dict:
-    """Nadeau–Bengio corrected t-test on ``(R, K)`` paired fold differences (``other - ref``)."""
+def corrected_resampled_ttest(
+    diffs,
+    n_train: float,
+    n_test: float,
+    level: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+) -> dict:
+    """Nadeau–Bengio corrected t-test on ``(R, K)`` paired fold differences (``other - ref``); the
+    interval cut to ``bounds`` (the difference's range) when given, the p-value unchanged."""
     grid = _grid(diffs, "corrected t-test")
     d = grid[np.isfinite(grid)]
     if not (n_train > 0 and n_test > 0):
@@ -100,11 +125,13 @@ def corrected_resampled_ttest(diffs, n_train: float, n_test: float, level: float
         p = float(2 * stats.t.sf(abs(t), j - 1))
     else:  # every difference equal: zero means no difference, anything else is certain
         t, p = (0.0, 1.0) if mean == 0 else (float(np.sign(mean) * np.inf), 0.0)
+    low, high, clipped = _clip(mean - half, mean + half, bounds)
     return {
         **out,
         "se": se,
-        "ci_low": mean - half,
-        "ci_high": mean + half,
+        "ci_low": low,
+        "ci_high": high,
+        "clipped": clipped,
         "statistic": t,
         "p_value": p,
     }

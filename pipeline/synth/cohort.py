@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,9 @@ def _slide_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _check_plan(n_slides: int, tumor_fraction_range: tuple[float, float]) -> None:
+def _check_plan(n_slides: int, tumor_fraction_range: tuple[float, float], prefix: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", prefix):
+        raise ValueError(f"prefix {prefix!r} may hold only letters, digits, '_' and '-'")
     if n_slides < 2:
         raise ValueError(f"a cohort needs at least 2 slides (one per class), got {n_slides}")
     lo, hi = tumor_fraction_range
@@ -96,11 +99,14 @@ def plan_cohort(
     size_scale: float = 1.0,
     tumor_fraction_range: tuple[float, float] = (0.02, 0.10),
     two_slide_fraction: float = 0.25,
+    prefix: str = "",
 ) -> list[CohortSlide]:
     """Cases, labels, magnifications and sizes of a balanced cohort; ~``two_slide_fraction`` of the
     cases get two slides (same label). Default sizes (~2.3×1.65 mm) give ~50-300 patches of 256 px at
-    0.5 µm/px per slide; ``size_scale`` scales both sides."""
-    _check_plan(n_slides, tumor_fraction_range)
+    0.5 µm/px per slide; ``size_scale`` scales both sides. ``prefix`` starts every slide and case id
+    (``ext_case000_a``), so a second cohort can be used beside the first without clashing ids; it
+    changes nothing else (seeds come from the slide's index, not its name)."""
+    _check_plan(n_slides, tumor_fraction_range, prefix)
     lo, hi = tumor_fraction_range
     rng = np.random.default_rng(seed)
     n_cases = max(2, round(n_slides / (1 + two_slide_fraction)))
@@ -122,8 +128,8 @@ def plan_cohort(
             frac = float(rng.uniform(lo, hi)) if positive[case] else 0.0
             plan.append(
                 CohortSlide(
-                    slide_id=f"case{case:03d}_{'ab'[k]}",
-                    case_id=f"case{case:03d}",
+                    slide_id=f"{prefix}case{case:03d}_{'ab'[k]}",
+                    case_id=f"{prefix}case{case:03d}",
                     label="tumor" if positive[case] else "normal",
                     appmag=mag,
                     mpp=mpp,
@@ -339,13 +345,15 @@ def make_cohort(
     decoy_fraction: float = 0.0,
     ink: tuple[str, ...] = (),
     border: bool = False,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """Write a cohort: ``slides/*.svs``, ``labels.csv``, ``survival.csv``, ``masks/*.png``,
     ``masks/masks.json`` and ``cohort.json`` (written last: its presence means the cohort is complete).
 
     ``decoy_fraction``, ``ink`` and ``border`` add distractors and artefacts to every slide (see
     ``write_synthetic_slide``) and their masks ``masks/{slide}_decoy.png`` / ``_ink.png``; off, the
-    files are those of a cohort without them. A complete cohort made by the same generator code with
+    files are those of a cohort without them. ``prefix`` starts every slide and case id (see
+    ``plan_cohort``): the same pixels, masks and tables as without it, under other names. A complete cohort made by the same generator code with
     the same parameters is reused as it is (``overwrite=True`` rewrites it), so the demo can call this
     on every run. Returns ``cohort.json``.
     """
@@ -362,6 +370,7 @@ def make_cohort(
         "two_slide_fraction": two_slide_fraction,
         "censored_fraction": censored_fraction,
         "mask_mpp": mask_mpp,
+        "prefix": prefix,
         **extras.as_params(),
         "generator_sha256": generator_digest(),
     }
@@ -377,5 +386,6 @@ def make_cohort(
         size_scale=size_scale,
         tumor_fraction_range=tumor_fraction_range,
         two_slide_fraction=two_slide_fraction,
+        prefix=prefix,
     )
     return _write_cohort(outdir, existing, plan, params, extras, workers)

@@ -267,3 +267,34 @@ def test_cli_decoy_cohort_writes_decoy_masks_for_both_classes(tmp_path):
         assert decoy.shape == tuple(s["mask_shape"]) and decoy.any() and not (decoy & tumor).any()
         measured = decoy.sum() / _mask(out, s, "tissue").sum()
         assert s["decoy_fraction"] == pytest.approx(measured, abs=1e-6)
+
+
+def test_cli_prefix_renames_every_id_and_keeps_the_pixels(tmp_path, capsys):
+    common = ["--slides", "3", "--seed", "4", "--size-scale", "0.3"]
+    plain, ext = tmp_path / "plain", tmp_path / "ext"
+    assert main(["synth", str(plain), *common]) == 0
+    assert main(["synth", str(ext), *common, "--prefix", "ext_"]) == 0
+    labels_a, labels_b = pd.read_csv(plain / "labels.csv"), pd.read_csv(ext / "labels.csv")
+    assert list(labels_b.slide_id) == ["ext_" + s for s in labels_a.slide_id]
+    assert list(labels_b.case_id) == ["ext_" + c for c in labels_a.case_id]
+    assert list(labels_b.label) == list(labels_a.label)
+    surv_a, surv_b = pd.read_csv(plain / "survival.csv"), pd.read_csv(ext / "survival.csv")
+    assert list(surv_b.case_id) == ["ext_" + c for c in surv_a.case_id]
+    pd.testing.assert_frame_equal(surv_a.drop(columns="case_id"), surv_b.drop(columns="case_id"))
+    index = json.loads((ext / "masks" / "masks.json").read_text())["slides"]
+    assert sorted(index) == sorted(labels_b.slide_id)
+    assert sorted(p.name for p in (ext / "slides").glob("*.svs")) == sorted(
+        f"{s}.svs" for s in labels_b.slide_id
+    )
+    for sid in labels_a.slide_id:
+        assert index["ext_" + sid]["tumor_mask"] == f"masks/ext_{sid}_tumor.png"
+        np.testing.assert_array_equal(
+            _level0(ext / "slides" / f"ext_{sid}.svs"), _level0(plain / "slides" / f"{sid}.svs")
+        )
+        for kind in ("tissue", "tumor"):
+            a = (plain / "masks" / f"{sid}_{kind}.png").read_bytes()
+            assert (ext / "masks" / f"ext_{sid}_{kind}.png").read_bytes() == a
+    capsys.readouterr()
+    assert main(["synth", str(tmp_path / "bad"), *common, "--prefix", "a/b"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prefix 'a/b'" in err[0]

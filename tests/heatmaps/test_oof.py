@@ -26,7 +26,7 @@ SLIDES = {"S0": ("c0", "tumor"), "S1": ("c0", "tumor"), "S2": ("c1", "normal")}
 SLIDES |= {"S3": ("c2", "tumor"), "S4": ("c3", "normal"), "S5": ("c4", "normal")}
 
 
-def _fold_folder(path, fold: int, seed: int) -> None:
+def _fold_folder(path, fold: int, seed: int, variant: str | None = None) -> None:
     from pipeline.mil.folder import FoldFolder
     from pipeline.mil.models import create_mil_model
     from pipeline.mil.tasks import ClassificationTask
@@ -39,7 +39,7 @@ def _fold_folder(path, fold: int, seed: int) -> None:
         pd.DataFrame({"slide_id": ["a", "b"], "case_id": ["a", "b"], "label": ["normal", "tumor"]})
     )
     meta = {"method": "abmil", "in_dim": DIM, "n_outputs": 2, "task": task.metadata()}
-    meta |= {"cfg": settings.to_dict(), "fold": fold}
+    meta |= {"cfg": settings.to_dict(), "fold": fold, "variant": variant}
     FoldFolder(path).write(model, meta, pd.DataFrame(), pd.DataFrame(), {"fold": fold})
 
 
@@ -136,6 +136,33 @@ def test_a_model_of_another_method_is_refused(cohort, tmp_path):
     argv += ["--folds", *[str(root / "mil" / f"fold{k}") for k in range(FOLDS)], "-k", "0"]
     assert main(argv) == 1
     assert not (tmp_path / "o" / HEATMAP_INDEX).exists()
+
+
+def test_a_variant_is_drawn_from_its_own_folds_and_refused_others(cohort, tmp_path):
+    """A variant's fold models say ``method: abmil, variant: NAME``: heatmaps of NAME accept them,
+    heatmaps of the base method refuse them (and the other way round)."""
+    import yaml
+
+    root, _ = cohort
+    variants = {"abmil_small": {"method": "abmil"}}
+    cfg = {"slides_dir": "s", "results_dir": "r", "mil": {"variants": variants}}
+    cfg["tasks"] = [{"name": "t", "type": "classification", "table": "labels.csv"}]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    for k in range(FOLDS):
+        _fold_folder(tmp_path / "mil" / f"fold{k}", k, seed=100 + k, variant="abmil_small")
+    argv = ["heatmaps", "--features", str(root / "features"), "--labels", str(root / "labels.csv")]
+    argv += ["--splits", str(root / "splits.csv"), "-k", "0", "--max-side", "64"]
+    argv += ["--config", str(tmp_path / "cfg.yaml"), "--device", "cpu"]
+    variant_folds = [str(tmp_path / "mil" / f"fold{k}") for k in range(FOLDS)]
+    base_folds = [str(root / "mil" / f"fold{k}") for k in range(FOLDS)]
+    out = tmp_path / "v"
+    assert main([*argv, "--method", "abmil_small", "-o", str(out), "--folds", *variant_folds]) == 0
+    index = json.loads((out / HEATMAP_INDEX).read_text())
+    assert index["method"] == "abmil_small" and len(index["slides"]) == len(SLIDES)
+    for method, folds in (("abmil", variant_folds), ("abmil_small", base_folds)):
+        other = [*argv, "--method", method, "-o", str(tmp_path / method), "--folds", *folds]
+        assert main(other) == 1
+        assert not (tmp_path / method / HEATMAP_INDEX).exists()
 
 
 def test_predict_writes_the_same_stores_for_an_external_cohort(cohort, tmp_path):

@@ -115,6 +115,9 @@ def test_variant_appears_under_its_own_name_in_the_summary(variant_cv):
     assert row["reference"] == "mhim_abmil" and row["n_repeats"] == 2 and row["n_folds"] == 2
     assert isinstance(row["verdict_cv"], str) and "AUC" in row["verdict_cv"]
     assert json.loads((variant_cv / "no_grn" / "summary.json").read_text())["method"] == "no_grn"
+    # what the variant is, readable without the config (the ablation table's row label)
+    assert row["definition"] == "mhim_abmil: mhim.grn=false"
+    assert table["definition"].isna().sum() == 2  # methods have none
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +185,7 @@ def test_report_shows_fold_dots_intervals_and_comparisons_in_words(laid_out):
     for _, row in part[part["method"] != "abmil"].iterrows():
         assert row["verdict_cv"].replace("'", "&#x27;") in block  # the words of in_words
     assert block.count("holdout") == 3 + 2  # the protocol beside every row of both tables
+    assert block.count("mhim_abmil: mhim.grn=false") == 2  # the variant's definition, both tables
     values = comparisons.per_fold_values(laid_out, part.iloc[2], "auc")
     assert len(values) == 4 and sorted(set(values["repeat"])) == [0, 1]
     fig = comparisons.fold_dots(laid_out, part)

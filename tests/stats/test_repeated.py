@@ -73,3 +73,22 @@ def test_in_words():
     clear = {"estimate": 0.05, "ci_low": 0.02, "ci_high": 0.08, "p_value": 0.001, "level": 0.95}
     assert R.in_words(clear).endswith(": distinguishable from noise at 5 %")
     assert R.in_words({"estimate": 0.1, "p_value": float("nan")}) == "not enough data to compare"
+
+
+def test_intervals_are_cut_to_the_metric_range_and_say_so():
+    values = [[1.0, 1.0, 0.9], [0.7, 0.8, 0.6]]
+    # repeat means 0.96667, 0.7 -> mean 0.83333, sd 0.188562, t_{1,0.975} = 12.7062047
+    half = 12.7062047 * 0.188562 / math.sqrt(2)
+    free = R.repeated_cv_interval(values)
+    assert (free["ci_low"], free["ci_high"]) == pytest.approx(
+        (0.83333 - half, 0.83333 + half), rel=1e-4
+    )
+    assert free["ci_low"] < 0 and free["ci_high"] > 1 and not free["clipped"]
+    cut = R.repeated_cv_interval(values, bounds=(0.0, 1.0))
+    assert (cut["ci_low"], cut["ci_high"], cut["clipped"]) == (0.0, 1.0, True)
+    inside = R.repeated_cv_interval([[0.80, 0.90, 0.70], [0.85, 0.80, 0.80]], bounds=(0.0, 1.0))
+    assert not inside["clipped"] and 0 < inside["ci_low"] < inside["ci_high"] < 1
+    wide = R.corrected_resampled_ttest([[-0.9, 0.9, -0.8]], 10, 5, bounds=(-1.0, 1.0))
+    free_t = R.corrected_resampled_ttest([[-0.9, 0.9, -0.8]], 10, 5)
+    assert (wide["ci_low"], wide["ci_high"]) == (-1.0, 1.0) and wide["clipped"]
+    assert free_t["ci_low"] < -1 and wide["p_value"] == free_t["p_value"]
