@@ -171,12 +171,28 @@ def baseline_of(name: str) -> str | None:
     return get_method(name).baseline
 
 
+# The reference baseline every MIL method is checked against in summary.csv and the report
+# (``below_reference``): a linear model on mean-pooled instance features. A MIL method below it by more
+# than noise has learnt nothing a linear model on bag means could not (issue 17).
+MEAN_POOL_REFERENCE = "meanpool"
+
+
+def is_reference_baseline(name: str) -> bool:
+    """Whether ``name`` is a reference baseline (mean/max pool + linear head), not a MIL method."""
+    return name in METHODS and METHODS[name].family == "reference"
+
+
 def default_reference(methods: Sequence[str], variants: dict[str, Any] | None = None) -> str:
-    """The first baseline (a method without a teacher) in ``methods``; else the first one's baseline."""
+    """The first baseline (a method without a teacher) in ``methods`` that is a MIL method, not a
+    reference baseline (those have their own check, :data:`MEAN_POOL_REFERENCE`); else the first
+    reference baseline; else the first method's baseline."""
     variants = variants or {}
-    for name in methods:
-        if name in METHODS and METHODS[name].baseline is None:
+    plain = [n for n in methods if n in METHODS and METHODS[n].baseline is None]
+    for name in plain:
+        if not is_reference_baseline(name):
             return name
+    if plain:
+        return plain[0]
     first = methods[0]
     base = variants[first]["method"] if first in variants else first
     spec = METHODS.get(base)
