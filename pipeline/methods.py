@@ -44,7 +44,8 @@ _SPECS: tuple[MethodSpec, ...] = (
         "abmil",
         None,
         "AB-MIL (Ilse 2018): attention pooling (tanh) over projected instances. Model keys: embed_dims"
-        " (e.g. [256,128,64] for Ilse's MI-Net projection), attention_dim, activation.",
+        " (e.g. [256,128,64] for Ilse's MI-Net projection), attention_dim, activation, zero_head"
+        " (linear head starts at 0; default false, as published).",
     ),
     MethodSpec(
         "abmil_gated",
@@ -91,10 +92,12 @@ _SPECS: tuple[MethodSpec, ...] = (
         "pooling:StandardizedABMIL",
         "abmil",
         None,
-        "AB-MIL with its attention-pooled embedding standardised by running statistics before the"
-        " linear head: where evidence is a weak shift in many instances, bag embeddings differ by"
-        " ~1/sqrt(N) of the instance spread and plain AB-MIL fits noise first (BENCHMARKS.md, issue"
-        " 17). Model keys as abmil.",
+        "AB-MIL that reaches its mean-pool reference on dense evidence and beats it on sparse: the"
+        " attention-pooled embedding, concatenated with the mean of the projected instances"
+        " (mean_skip), is standardised by running statistics before a linear head that starts at 0"
+        " (zero_head). Plain AB-MIL fits noise first where the evidence is a weak shift in many"
+        " instances (BENCHMARKS.md, issue 17). Model keys as abmil, plus mean_skip (default true);"
+        " zero_head defaults to true here.",
     ),
     MethodSpec(
         "mhim_abmil",
