@@ -2,11 +2,44 @@
 
 A method with a baseline (MHIM-MIL) needs that baseline trained on the same fold first: its checkpoint
 initialises the teacher (`wsi-mil train --teacher-init DIR`); `wsi-mil cv` and the workflow do this order.
+After the table: the `mil` keys that decide how every method is trained and judged (model selection,
+survival losses, gradient accumulation) and the reference baselines.
 """
 
 from __future__ import annotations
 
-HELP = "list the MIL methods (name, family, baseline for the teacher, description)"
+HELP = (
+    "list the MIL methods (name, family, baseline for the teacher, description), the model-selection"
+    " modes, survival losses and reference baselines"
+)
+
+
+# Printed after the table: how every method is trained and judged (the mil keys that apply to all).
+NOTES = """
+Training and selection (mil keys; apply to every method; defaults: selection={selection},
+inner_folds={inner_folds}, accumulate={accumulate}, survival_loss={survival_loss}):
+  selection    how the model of an outer fold is chosen without the test fold (protocol: holdout):
+               holdout      early stop on the val_fraction part (a dozen cases in a 100-case cohort)
+               inner_cv     epoch count chosen by inner_folds-fold CV of the training part (val part
+                            merged in), then one model trained on all of it for that many epochs
+               ensemble     the inner-fold models at that epoch, outputs averaged, predict the test
+                            fold (model.pt, used by `wsi-mil predict`, is the inner_cv model)
+               inner_cv_swa inner_cv with its weights averaged over epochs [e*/2, e*]
+               fixed        all `epochs` on the whole training part, no selection
+               protocol: paper (the test fold selects: optimistic, labelled so) ignores it.
+  accumulate   cases per optimiser step (gradient of their mean loss); 1 = one-case updates
+  survival_loss
+               nll  discrete-time negative log-likelihood over survival_bins, per case
+               cox  Breslow partial likelihood over each group of `accumulate` (>= 2) cases
+                    (risks of bags of different lengths, one loss), MHIM's teacher included
+
+Reference baselines (family `reference`): meanpool and maxpool, a linear model on standardised bag
+means / per-feature maxima, trained by the same trainer (logistic / the survival head). They are in the
+default mil.methods; summary.csv and the report check every MIL method against meanpool of the same
+task and encoder (below_reference: the 95 % interval of method - meanpool over folds lies below 0).
+mil.reference (the method-vs-method comparison) defaults to the first MIL baseline, not to meanpool.
+Measurements behind the defaults: BENCHMARKS.md, "Honest MIL".
+"""
 
 
 def add_arguments(parser) -> None:
@@ -29,4 +62,18 @@ def run(args) -> int:
         print(f"{m['name']:<{width}}  {m['family']:<9} {m['baseline'] or '-':<9} {lines[0]}")
         for line in lines[1:]:
             print(" " * (width + 22) + line)
+    print(notes())
     return 0
+
+
+def notes() -> str:
+    """:data:`NOTES` with the schema's defaults filled in."""
+    from pipeline.settings import MILSettings
+
+    d = MILSettings.defaults()
+    return NOTES.format(
+        selection=d.selection,
+        inner_folds=d.inner_folds,
+        accumulate=d.accumulate,
+        survival_loss=d.survival_loss,
+    ).rstrip()

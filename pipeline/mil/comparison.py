@@ -5,7 +5,10 @@ The fold folders of one method (or variant) over R repeats × K folds become a
 of its training (train + val) and test parts, and the test rows of every fold's ``predictions.csv``
 with a ``repeat`` column. ``wsi-mil evaluate`` stores :func:`method_statistics` in ``summary.json``;
 ``wsi-mil summary`` and ``wsi-mil cv`` add :func:`comparison` against the task's reference method.
-The reference defaults to the first baseline (a method without a teacher) listed in ``mil.methods``.
+The reference defaults to the first baseline (a method without a teacher) listed in ``mil.methods``
+that is a MIL method. Separately, every MIL method is checked against the mean-pool reference
+(``meanpool``: a linear model on mean-pooled features) when it ran on the same task and encoder: the
+``below_reference`` column and its sentence say when a method is below it by more than noise.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pandas as pd
 
 from pipeline.errors import PipelineError
 from pipeline.layout import fold_name, fold_repeat, repeat_name
-from pipeline.methods import default_reference
+from pipeline.methods import MEAN_POOL_REFERENCE, default_reference, is_reference_baseline
 from pipeline.mil.folder import FoldFolder
 from pipeline.stats import MethodResults, compare_methods, summarise_method
 from pipeline.stats.bootstrap import N_BOOT
@@ -96,12 +99,14 @@ def add_comparisons(
 
     Each row is compared with the reference method's row of the same task and encoder (the reference
     row itself and rows without a reference get empty comparison columns). ``reference`` defaults to
-    :func:`default_reference` over the methods in the order listed.
+    :func:`default_reference` over the methods in the order listed. Where the task and encoder also
+    have the mean-pool reference (``meanpool``), every MIL method is checked against it as well
+    (:data:`BELOW_REFERENCE_COLUMNS`, :func:`below_reference_columns`), whatever ``reference`` is.
     """
     from pipeline.stats.compare import COMPARISON_COLUMNS
 
     table = table.copy()
-    for col in COMPARISON_COLUMNS:
+    for col in (*COMPARISON_COLUMNS, *BELOW_REFERENCE_COLUMNS):
         table[col] = None
     if table.empty:
         return table
@@ -119,24 +124,100 @@ def add_comparisons(
             cache[i] = method_results(s["method"], s["fold_dirs"])
         return cache[i]
 
-    for (_, _, cohort), part in table.groupby(["task", "encoder", "cohort"], sort=False):
-        refs = part.index[part["method"] == reference]
-        if len(refs) == 0:
-            continue
-        r = refs[0]
-        for i in part.index:
-            if i == r:
-                table.loc[i, "reference"] = reference
-                continue
+    records: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def compare(r: int, i: int, cohort: str) -> dict[str, Any]:
+        if (r, i) not in records:
             task_type = summaries[i]["task_type"]
             if cohort == "external":
-                record = external_comparison(results(r), results(i), task_type, n_boot=n_boot)
+                records[r, i] = external_comparison(
+                    results(r), results(i), task_type, n_boot=n_boot
+                )
             else:
                 seed = int(table.loc[i].get("seed") or 0)
-                record = comparison(results(r), results(i), task_type, n_boot=n_boot, seed=seed)
-            for key, value in record.items():
-                table.at[i, key] = value
+                records[r, i] = comparison(
+                    results(r), results(i), task_type, n_boot=n_boot, seed=seed
+                )
+        return records[r, i]
+
+    for (_, _, cohort), part in table.groupby(["task", "encoder", "cohort"], sort=False):
+        refs = part.index[part["method"] == reference]
+        if len(refs) > 0:
+            r = refs[0]
+            table.loc[r, "reference"] = reference
+            for i in part.index[part.index != r]:
+                for key, value in compare(r, i, cohort).items():
+                    table.at[i, key] = value
+        floors = part.index[part["method"] == MEAN_POOL_REFERENCE]
+        if len(floors) > 0:
+            for i in part.index[~part["method"].map(is_reference_baseline)]:
+                below_reference_columns(table, floors[0], i, compare(floors[0], i, cohort))
     return table
+
+
+# --- the mean-pool reference ---------------------------------------------------------------------
+BELOW_REFERENCE_COLUMNS = (
+    "vs_meanpool_diff",
+    "vs_meanpool_diff_ci_low",
+    "vs_meanpool_diff_ci_high",
+    "vs_meanpool_diff_p",
+    "below_reference",
+    "below_reference_note",
+)
+
+
+def below_reference_columns(table: pd.DataFrame, r: int, i: int, record: dict[str, Any]) -> None:
+    """Row ``i`` of ``table`` checked against the mean-pool reference row ``r``.
+
+    Below "by more than noise" = the whole 95 % interval of ``method - meanpool`` lies below 0: the
+    over-folds interval (Nadeau-Bengio corrected t) on cross-validation, the paired pooled one on an
+    external cohort (the only one there). The note is one sentence with both methods' values.
+    """
+    kind = "cv" if pd.notna(record.get("diff_cv")) else "pooled"
+    est, low, high = (record.get(f"diff_{kind}{s}") for s in ("", "_ci_low", "_ci_high"))
+    row, ref = table.loc[i], table.loc[r]
+    metric = row.get("main_metric")
+    below = bool(high is not None and pd.notna(high) and high < 0)
+    table.at[i, "vs_meanpool_diff"] = est
+    table.at[i, "vs_meanpool_diff_ci_low"] = low
+    table.at[i, "vs_meanpool_diff_ci_high"] = high
+    table.at[i, "vs_meanpool_diff_p"] = record.get(f"diff_{kind}_p")
+    table.at[i, "below_reference"] = below
+    table.at[i, "below_reference_note"] = reference_sentence(
+        row, ref, metric, below, est, low, high
+    )
+
+
+def _value(row: pd.Series, metric: Any) -> str:
+    """``0.612 [0.520, 0.700]``: a row's main metric with its interval (CV mean, else pooled)."""
+    for value in (f"{metric}_mean", f"{metric}_pooled"):
+        low, high = (
+            (f"{metric}_ci_low", f"{metric}_ci_high")
+            if value.endswith("_mean")
+            else (f"{value}_ci_low", f"{value}_ci_high")
+        )
+        if pd.notna(row.get(value)):
+            return f"{row[value]:.3f} [{_fmt(row.get(low))}, {_fmt(row.get(high))}]"
+    return "–"
+
+
+def _fmt(value: Any, sign: str = "") -> str:
+    return "–" if value is None or pd.isna(value) else f"{float(value):{sign}.3f}"
+
+
+def reference_sentence(row, ref, metric, below: bool, est, low, high) -> str:
+    """The report's words for one method against the mean-pool reference."""
+    from pipeline.stats.compare import DISPLAY
+
+    name = DISPLAY.get(str(metric), str(metric))
+    diff = f"{_fmt(est, '+')} {name} (95 % CI {_fmt(low, '+')} to {_fmt(high, '+')})"
+    head = f"{row['method']} ({name} {_value(row, metric)})"
+    meanpool = f"the mean-pool reference {ref['method']} ({_value(ref, metric)})"
+    if below:
+        return f"{head} is below {meanpool} by more than noise: {diff}"
+    if low is not None and pd.notna(low) and low > 0:
+        return f"{head} is above {meanpool} by more than noise: {diff}"
+    return f"{head} is within noise of {meanpool}: {diff}"
 
 
 # --- external cohort -------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.layout import Layout
 from pipeline.log import get_logger
+from pipeline.methods import MEAN_POOL_REFERENCE, is_reference_baseline
 from pipeline.report import html
 
 log = get_logger("report")
@@ -31,9 +33,14 @@ def _protocol(row: pd.Series) -> str:
 
 
 def _method(row: pd.Series) -> str:
-    """The method's name, and for a variant what it changes (``definition``), so an ablation row
-    reads without the config."""
-    name = html.esc(row["method"])
+    """The method's name with its role (the mean-pool reference, a reference baseline) and, for a
+    variant, what it changes (``definition``), so an ablation row reads without the config."""
+    method = str(row["method"])
+    name = html.esc(method)
+    if method == MEAN_POOL_REFERENCE:
+        name += ' <span class="badge" title="linear model on bag means">reference</span>'
+    elif is_reference_baseline(method):
+        name += ' <span class="small">(reference baseline)</span>'
     definition = row.get("definition")
     if isinstance(definition, str) and definition:
         name += f"<br><span class='small'>{html.esc(definition)}</span>"
@@ -97,6 +104,7 @@ def fold_dots(results: str | os.PathLike, part: pd.DataFrame) -> html.Figure | N
             ax.hlines(mean, x - 0.25, x + 0.25, color="black", zorder=3)
         if low is not None and high is not None:
             ax.vlines(x + 0.3, low, high, color="black", lw=1.5, zorder=3)
+    reference_lines(ax, part, metric)
     ax.set_xticks(range(len(part)), labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel(NAMES.get(metric, metric))
     ax.grid(axis="y", alpha=0.3)
@@ -107,8 +115,21 @@ def fold_dots(results: str | os.PathLike, part: pd.DataFrame) -> html.Figure | N
         f"{title} per fold ({protocols} protocol)",
         png,
         "One dot per test fold (colour = repeat); bar = mean over folds × repeats; line = its 95 % "
-        "interval (t-interval over the repeats' means; with one repeat, over the folds).",
+        "interval (t-interval over the repeats' means; with one repeat, over the folds). Dashed "
+        "line: the mean-pool reference's mean (meanpool, per encoder), where it ran.",
     )
+
+
+def reference_lines(ax, part: pd.DataFrame, metric: str) -> None:
+    """A dashed line at the mean-pool reference's mean across the columns of its encoder."""
+    positions = pd.Series(range(len(part)), index=part.index)
+    for _, group in part.groupby("encoder", sort=False):
+        refs = group[group["method"] == MEAN_POOL_REFERENCE]
+        mean = _num(refs.iloc[0].get(f"{metric}_mean")) if len(refs) else None
+        if mean is not None:
+            xs = positions[group.index]
+            ax.hlines(mean, xs.min() - 0.4, xs.max() + 0.4, colors="grey", linestyles="--",
+                      lw=1, zorder=1, label="mean-pool reference")  # fmt: skip
 
 
 def html_png(fig) -> bytes:
@@ -139,15 +160,50 @@ def intervals_table(part: pd.DataFrame) -> str:
             _interval(r, f"{metric}_mean", f"{metric}_ci_low", f"{metric}_ci_high"),
             _interval(r, f"{metric}_pooled")
             + f" <span class='small'>{html.esc(r.get(f'{metric}_pooled_ci_method', ''))}</span>",
+            _versus_reference(r),
             _protocol(r),
         ]
         for _, r in part.iterrows()
     ]  # fmt: skip
     return "<h4>Intervals</h4>" + html.table(
         ["encoder", "method", "repeats × folds", f"{name} mean [95 % CI]",
-         f"{name} pooled out-of-fold [95 % CI]", "protocol"],
+         f"{name} pooled out-of-fold [95 % CI]", "vs mean-pool reference (Δ [95 % CI])",
+         "protocol"],
         rows,
-    )  # fmt: skip
+    ) + below_reference_block(part)  # fmt: skip
+
+
+def _flag(row: pd.Series) -> bool:
+    value = row.get("below_reference")
+    return isinstance(value, bool | np.bool_) and bool(value) or str(value) == "True"
+
+
+def _versus_reference(row: pd.Series) -> str:
+    """Δ to the mean-pool reference with its interval; marked when below it by more than noise."""
+    if _num(row.get("vs_meanpool_diff")) is None:
+        return "–"
+    cell = _interval(row, "vs_meanpool_diff")
+    if _flag(row):
+        cell += ' <span class="failed">below the reference</span>'
+    return cell
+
+
+def below_reference_block(part: pd.DataFrame) -> str:
+    """One warning sentence per MIL method below its mean-pool reference by more than noise."""
+    if "below_reference" not in part:
+        return ""
+    flagged = [r for _, r in part.iterrows() if _flag(r)]
+    if not flagged:
+        return ""
+    items = "".join(
+        f"<li>{html.esc(r['encoder'])}: {html.esc(r.get('below_reference_note', ''))}</li>"
+        for r in flagged
+    )
+    return (
+        "<p class='warn'>Below the mean-pool reference (a linear model on mean-pooled features: "
+        "what such a method learnt, a linear model on bag means learns as well or better):</p>"
+        f"<ul class='warn'>{items}</ul>"
+    )
 
 
 def comparison_table(part: pd.DataFrame) -> str:

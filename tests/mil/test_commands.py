@@ -259,6 +259,12 @@ def test_methods_command_and_the_real_entry_point(tmp_path, capsys):
     assert _cli("methods") == 0
     table = capsys.readouterr().out
     assert "mhim_transmil  mhim      transmil" in table
+    from pipeline.settings import MILSettings
+
+    defaults = MILSettings.defaults()
+    assert f"selection={defaults.selection}," in table  # the notes show the schema's defaults
+    for word in ("inner_cv", "ensemble", "inner_cv_swa", "fixed", "cox", "nll", "below_reference"):
+        assert word in table
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "evaluate", str(tmp_path / "nofold"), "-o", "x.json"],
         capture_output=True,

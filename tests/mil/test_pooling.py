@@ -13,6 +13,9 @@ from pipeline.mil.models import create_mil_model, list_methods, method_info
 def test_pool_then_standardise_then_linear(name, reduce):
     torch.manual_seed(0)
     model = create_mil_model(name, 5, 3, {})
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()  # starts at 0
+    torch.nn.init.normal_(model.classifier.weight)  # non-zero weights check the arithmetic below
+    torch.nn.init.normal_(model.classifier.bias)
     assert method_info(name)["family"] == "reference" and name in [
         m["name"] for m in list_methods()
     ]
@@ -53,3 +56,25 @@ def test_running_statistics_follow_the_training_bags():
 def test_unknown_model_key_rejected():
     with pytest.raises(PipelineError, match="unknown model key 'embed_dims'"):
         create_mil_model("meanpool", 4, 2, {"embed_dims": [8]})
+
+
+def test_abmil_std_mean_skip_feeds_the_head_attention_and_mean_pooled_instances():
+    torch.manual_seed(0)
+    model = create_mil_model("abmil_std", 6, 2, {"hidden_dim": 4}).eval()  # the defaults
+    assert model.mean_skip and not model.classifier.weight.any()  # mean skip, head starts at 0
+    assert model.classifier.in_features == 8 and model.standardize.mean.shape == (8,)
+    torch.nn.init.normal_(model.classifier.weight)  # non-zero weights check the arithmetic
+    x = torch.randn(13, 6)
+    h = model.embed(x)
+    z, weights = model.attention(h)
+    want = torch.cat([z, h.mean(0)]) @ model.classifier.weight.t() + model.classifier.bias
+    out = model(x)  # untrained running statistics: mean 0, scale 1
+    assert torch.allclose(out["logits"][0], want, atol=1e-5)
+    assert torch.allclose(out["embedding"][0, 4:], h.mean(0), atol=1e-6)
+    plain = create_mil_model("abmil_std", 6, 2, {"hidden_dim": 4, "mean_skip": False,
+                                                  "zero_head": "false"})  # fmt: skip
+    assert plain.classifier.in_features == 4 and not plain.mean_skip
+    assert plain.classifier.weight.any()  # Xavier, as abmil
+    assert not create_mil_model(
+        "abmil", 6, 2, {"hidden_dim": 4, "zero_head": True}
+    ).classifier.weight.any()

@@ -57,7 +57,14 @@ def test_bad_variants_give_one_line_each():
 
 def test_variant_settings_and_model_lack_grn_parameters():
     settings = MILSettings.from_mapping({"variants": {"no_grn": NO_GRN}, "hidden_dim": 8})
-    assert settings.run_names() == ["abmil", "mhim_abmil", "no_grn"]
+    assert settings.run_names() == [
+        "meanpool",
+        "maxpool",
+        "abmil",
+        "abmil_std",
+        "mhim_abmil",
+        "no_grn",
+    ]
     base, varied = settings.for_method("no_grn")
     assert base == "mhim_abmil" and varied.mhim.grn is False and settings.mhim.grn is True
     assert varied.mhim.rhsm_ratio == settings.mhim.rhsm_ratio  # the other switches are kept

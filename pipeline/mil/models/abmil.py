@@ -3,7 +3,8 @@
 Model keys (keyword arguments besides ``hidden_dim`` and ``dropout``): ``embed_dims`` (list, default
 ``[hidden_dim]``: the instance projection widths; ``[256,128,64]`` with ``activation=relu`` and
 ``attention_dim=64`` is the MI-Net projection Ilse et al. used on Musk/Tiger), ``attention_dim`` (attention
-MLP width), ``activation`` (``gelu`` or ``relu``).
+MLP width), ``activation`` (``gelu`` or ``relu``), ``zero_head`` (the linear head starts at 0 instead of
+Xavier: a random head is a random direction the weak evidence of a small cohort must first unlearn).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class ABMIL(MILModel):
         embed_dims: Sequence[int] | str | None = None,
         attention_dim: int = 128,
         activation: str = "gelu",
+        zero_head: bool | str = False,
     ) -> None:
         name = "abmil_gated" if self.gated else "abmil"
         super().__init__(in_dim, n_outputs)
@@ -81,6 +83,12 @@ class ABMIL(MILModel):
         self.attention = AttentionPool(self.hidden_dim, int(attention_dim), self.gated)
         self.classifier = nn.Linear(self.hidden_dim, n_outputs)
         init_weights(self)
+        if str(zero_head).lower() in (
+            "true",
+            "1",
+            "yes",
+        ):  # the head starts at 0 (pooling.zero_init)
+            nn.init.zeros_(self.classifier.weight)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection(x)

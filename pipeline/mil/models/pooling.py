@@ -52,6 +52,18 @@ class RunningStandardize(nn.Module):
         return (self.var + 1e-6).sqrt()
 
 
+def zero_init(layer: nn.Linear) -> None:
+    """A linear head that starts at 0, as logistic regression / Cox fits do.
+
+    A random (Xavier) start is a random direction over all D standardised features; with a weak signal
+    in one direction and Adam's bounded steps it is never unlearnt within a schedule: the trainer's
+    ``meanpool`` on dense-120 reached AUC 0.48 at lr 1e-4 and 0.65 at lr 1e-3 from it (BENCHMARKS.md,
+    issue 17). The loss is convex in a linear head's weights, so 0 loses nothing.
+    """
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
 class MeanPoolMIL(MILModel):
     """``logits = W standardise(mean_i(x_i)) + b``."""
 
@@ -64,7 +76,7 @@ class MeanPoolMIL(MILModel):
         self.hidden_dim = in_dim
         self.standardize = RunningStandardize(in_dim)
         self.classifier = nn.Linear(in_dim, n_outputs)
-        init_weights(self)
+        zero_init(self.classifier)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -89,12 +101,17 @@ class MaxPoolMIL(MeanPoolMIL):
 
 
 class StandardizedABMIL(ABMIL):
-    """AB-MIL whose attention-pooled embedding is standardised by running statistics before the head.
+    """AB-MIL made to reach its mean-pool reference where the mean carries the signal (issue 17).
 
-    Where the evidence is a weak shift in many instances, the pooled embeddings of different bags differ
-    by about ``1/sqrt(N)`` of the instances' spread: the linear head then moves them at Adam's fixed step
-    size far too slowly and the model fits noise first. Standardising the pooled embedding (as the
-    mean-pool reference does) restores the scale; attention and instance projection are AB-MIL's.
+    Three changes to AB-MIL, each measured on the synthetic sets of ``bench/honest_sets.py``
+    (BENCHMARKS.md, "Honest MIL"): (1) the pooled embedding is standardised by running statistics
+    before the head: where the evidence is a weak shift in many instances, pooled embeddings of
+    different bags differ by ~``1/sqrt(N)`` of the instances' spread and the head, at Adam's fixed
+    step size, fits noise first; (2) ``mean_skip`` (default on): the head also sees the mean of the
+    projected instances, so the bag-mean evidence is there while attention learns or follows salient
+    distractors; (3) ``zero_head`` (default on): the head starts at 0, not at a random direction the
+    weak evidence must first unlearn. Attention and instance projection are AB-MIL's; heatmaps draw
+    the attention. ``mean_skip=false zero_head=false`` is the plain standardised AB-MIL.
     """
 
     def __init__(
@@ -107,7 +124,13 @@ class StandardizedABMIL(ABMIL):
         embed_dims: Sequence[int] | str | None = None,
         attention_dim: int = 128,
         activation: str = "gelu",
+        zero_head: bool | str = True,
+        mean_skip: bool | str = True,
     ) -> None:
+        """``mean_skip``: the head also sees the plain mean of the projected instances (concatenated
+        with the attention-pooled embedding, both standardised), so the bag-mean evidence a linear
+        model uses is there even while attention is still learning or follows salient distractors.
+        ``zero_head``: the linear head starts at 0 (:func:`zero_init`), as for ``abmil``."""
         super().__init__(
             in_dim,
             n_outputs,
@@ -116,10 +139,25 @@ class StandardizedABMIL(ABMIL):
             embed_dims=embed_dims,
             attention_dim=attention_dim,
             activation=activation,
+            zero_head=zero_head,
         )
         self.name = "abmil_std"
-        self.standardize = RunningStandardize(self.hidden_dim)
+        self.mean_skip = _flag(mean_skip)
+        width = self.hidden_dim * (2 if self.mean_skip else 1)
+        self.standardize = RunningStandardize(width)
+        if self.mean_skip:
+            self.classifier = nn.Linear(width, n_outputs)
+            init_weights(self.classifier)
+            if _flag(zero_head):
+                zero_init(self.classifier)
 
     def pool(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         z, weights = self.attention(h)
+        if self.mean_skip:
+            z = torch.cat([z, h.mean(dim=0)])
         return {"embedding": self.standardize(z.unsqueeze(0)), "attention": weights}
+
+
+def _flag(value: bool | str) -> bool:
+    """A model key given as a bool or as text (``mean_skip=true`` on the command line)."""
+    return str(value).lower() in ("true", "1", "yes")
