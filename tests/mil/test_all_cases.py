@@ -144,3 +144,21 @@ def test_evaluate_external_on_the_all_cases_file_gives_the_cv_summary(all_cases_
     assert ours["cohort"] == cv["cohort"] == "external_all_cases"
     assert ours["method"] == "mhim_abmil" and ours["folds"] == [-1]
     assert ours["stats"]["auc_pooled"] == pytest.approx(cv["stats"]["auc_pooled"])
+
+
+def test_train_all_cases_command_gives_the_cv_model(all_cases_cv, tmp_path):
+    """The workflow's train_all_cases job: the same model as `wsi-mil cv` trained (CPU, seeded)."""
+    from pipeline.mil.folder import FoldFolder
+
+    work, _ = all_cases_cv
+    out = work / "out"
+    folds = [out / "abmil" / f"repeat{r}" / f"fold{k}" for r in (0, 1) for k in (0, 1)]
+    argv = [
+        "train-all-cases", "--features", work / "features", "--labels", work / "labels.csv",
+        "--method", "abmil", "--folds", *folds, "-o", tmp_path / "all", *FAST,
+    ]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    ours, cv = FoldFolder(tmp_path / "all"), FoldFolder(out / "abmil" / "all_cases")
+    assert ours.metrics()["best_epoch"] == cv.metrics()["best_epoch"]
+    a, b = torch.load(ours.file("model")), torch.load(cv.file("model"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
