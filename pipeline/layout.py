@@ -22,6 +22,9 @@ Layout of ``results_dir``::
                                                a fold model's predictions/metrics on the task's
                                                external cohort (`wsi-mil predict`)
     external/{task}/{encoder}/{method}/summary.json   the same statistics on the external cohort
+    mil/{task}/{encoder}/{method}/all_cases/   one model on every case (mil.external_all_cases)
+    external_all_cases/{task}/{encoder}/{method}/all_cases.csv|.json|summary.json
+                                               its predictions/metrics/statistics on the cohort
     heatmaps/{task}/{encoder}/{method}/        out-of-fold score stores and pictures (HEATMAP_INDEX)
     summary.csv  report/index.html  report/slides.csv
     logs/{stage}/...log  benchmarks/{stage}/...tsv
@@ -61,7 +64,8 @@ LOCALISATION_CSV = (
 
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
 # summary.json of the cross-validation (mil/) and of the external cohort (external/)
-COHORT_DIRS = {"cv": "mil", "external": "external"}
+COHORT_DIRS = {"cv": "mil", "external": "external", "external_all_cases": "external_all_cases"}
+ALL_CASES = "all_cases"  # the all-cases model's folder and its prediction files' stem
 _REPEAT_DIR = re.compile(r"^repeat(\d+)$")
 
 
@@ -247,6 +251,23 @@ class Layout:
 
     def external_summary(self, task: str, encoder: str, method: str) -> str:
         return f"{self.external_dir(task, encoder, method)}/{SUMMARY_JSON}"
+
+    # --- the all-cases model (mil.external_all_cases) and its predictions on the external cohort --
+    def all_cases_dir(self, task: str, encoder: str, method: str) -> str:
+        return f"{self.method_dir(task, encoder, method)}/{ALL_CASES}"
+
+    def all_cases_file(self, task: str, encoder: str, method: str, key: str) -> str:
+        return f"{self.all_cases_dir(task, encoder, method)}/{FOLD_FILES[key]}"
+
+    def external_all_cases_dir(self, task: str, encoder: str, method: str) -> str:
+        return self._join(COHORT_DIRS["external_all_cases"], task, encoder, method)
+
+    def external_all_cases(self, task: str, encoder: str, method: str, ext: str) -> str:
+        """``all_cases.csv`` (predictions) or ``all_cases.json`` (metrics) of the all-cases model."""
+        return f"{self.external_all_cases_dir(task, encoder, method)}/{ALL_CASES}.{ext}"
+
+    def external_all_cases_summary(self, task: str, encoder: str, method: str) -> str:
+        return f"{self.external_all_cases_dir(task, encoder, method)}/{SUMMARY_JSON}"
 
     # --- heatmaps -----------------------------------------------------------------------------------
     def heatmap_dir(self, task: str, encoder: str, method: str) -> str:

@@ -79,6 +79,7 @@ class MILSettings:
     survival_bins: int
     repeats: int
     reference: str | None
+    external_all_cases: bool
     variants: dict[str, Any]
     mhim: MHIMSettings
     msm: MSMSettings

@@ -13,6 +13,11 @@ For users without Snakemake. Features are read once for all folds. Writes:
                                            model's predictions on the external cohort, as
                                            `wsi-mil predict --labels --metrics` writes them)
   OUTDIR/external/{name}/summary.json     (as `wsi-mil evaluate --external`)
+  OUTDIR/{name}/all_cases/                (with --external-all-cases or mil.external_all_cases: one
+                                           model trained on every case for the median best epoch of
+                                           the folds of every repeat, no selection)
+  OUTDIR/external_all_cases/{name}/all_cases.csv|.json|summary.json
+                                          (its predictions, metrics and statistics on the cohort)
   OUTDIR/summary.csv                      (as `wsi-mil summary`: intervals, and the comparison of
                                            each with --reference, default the method's baseline;
                                            external rows have cohort = external)
@@ -63,6 +68,12 @@ def add_arguments(parser) -> None:
         default=None,
         help="slide_id,case_id of the external cohort (survival)",
     )
+    parser.add_argument(
+        "--external-all-cases",
+        action="store_true",
+        help="also train one model on all cases (median best epoch of the folds) for the external "
+        "cohort (mil.external_all_cases)",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
 
 
@@ -105,8 +116,10 @@ def run(args) -> int:
     from pipeline.commands.train import setup
     from pipeline.log import get_logger
     from pipeline.methods import baseline_of
+    from pipeline.mil.all_cases import train_all_cases
     from pipeline.mil.comparison import add_comparisons, summary_fold_dirs
     from pipeline.mil.evaluate import format_summary, summarize, summary_table
+    from pipeline.mil.folder import FoldFolder
     from pipeline.mil.provenance import check_or_record, file_digest
     from pipeline.mil.train import prepare_data, train_fold
     from pipeline.store import write_json, write_text
@@ -123,13 +136,17 @@ def run(args) -> int:
     made = {"tables": tables, "task_type": task.type, "folds": folds, "seed": settings.seed}
     made["val_fraction"] = settings.val_fraction  # what each splits file is made from
     splits = {r: _splits(out, task, settings, folds, r, log, made) for r in repeats}
+    all_cases = bool(args.external_labels) and (
+        args.external_all_cases or settings.external_all_cases
+    )
     bags, _, report = prepare_data(task, args.features)
     slides = sorted(s for bag in bags for s in bag.slide_ids)
     names = _order(settings, args.method, reference)
     for name in names:
         name_base, name_settings = settings.for_method(name)
         teacher_name = baseline_of(name_base)
-        mil = {k: v for k, v in name_settings.to_dict().items() if k != "methods"}
+        drop = ("methods", "external_all_cases")  # what is run, not how a fold model is trained
+        mil = {k: v for k, v in name_settings.to_dict().items() if k not in drop}
         reused = any(layout.fold_complete(p) for p in (out / name).glob("**/fold*"))
         record = {**made, "repeats": len(repeats), "method": name, "mil": mil, "slides": slides}
         check_or_record(out / name, record, reused, out)  # never reused silently
@@ -158,9 +175,22 @@ def run(args) -> int:
         log.info("%s", format_summary(summary))
         if args.external_labels:
             _external(args, out, name, fold_dirs, task.type)
+        if all_cases:
+            model_dir = out / name / layout.ALL_CASES
+            if not layout.fold_complete(model_dir):
+                train_all_cases(
+                    *(task, bags, name_base, name_settings, [FoldFolder(d).metrics() for d in fold_dirs]),
+                    outdir=model_dir,
+                    teacher_init=teacher_name and out / teacher_name / layout.ALL_CASES or None,
+                    device=args.device,
+                    name=name if name != name_base else None,
+                )  # fmt: skip
+            _external(args, out, name, [model_dir], task.type)
     paths = [out / name / layout.SUMMARY_JSON for name in names]
     if args.external_labels:
         paths += [out / "external" / name / layout.SUMMARY_JSON for name in names]
+    if all_cases:
+        paths += [out / "external_all_cases" / name / layout.SUMMARY_JSON for name in names]
     table = summary_table(paths)
     table.insert(0, "task", Path(args.labels).stem)
     table.insert(1, "encoder", Path(args.features).name)
@@ -178,8 +208,8 @@ def run(args) -> int:
 
 
 def _external(args, out: Path, name: str, fold_dirs, task_type: str) -> None:
-    """Every fold model of ``name`` predicts the external cohort (as `wsi-mil predict`), then its
-    external summary."""
+    """Every fold model of ``name`` (or its all-cases model: ``fold_dirs`` = ``[.../all_cases]``)
+    predicts the external cohort (as `wsi-mil predict`), then its external summary."""
     from pipeline import layout
     from pipeline.errors import PipelineError
     from pipeline.mil.comparison import external_summary
@@ -190,13 +220,19 @@ def _external(args, out: Path, name: str, fold_dirs, task_type: str) -> None:
         raise PipelineError(
             "--external-labels", "needs --external-features", "Pass both, or neither."
         )
+    all_cases = Path(fold_dirs[0]).name == layout.ALL_CASES
+    cohort = "external_all_cases" if all_cases else "external"
     files = []
-    method_dir = str(out / "external" / name)
+    method_dir = str(out / layout.COHORT_DIRS[cohort] / name)
     for fold_dir in fold_dirs:
         r, k = layout.fold_repeat(fold_dir), layout.fold_number(fold_dir)
         repeat = r if Path(fold_dir).parent.name.startswith("repeat") else None
-        csv_path = layout.external_fold_file(method_dir, k, repeat, "csv")
-        json_path = layout.external_fold_file(method_dir, k, repeat, "json")
+        if all_cases:
+            r, k = 0, -1
+            csv_path, json_path = (f"{method_dir}/{layout.ALL_CASES}.{e}" for e in ("csv", "json"))
+        else:
+            csv_path = layout.external_fold_file(method_dir, k, repeat, "csv")
+            json_path = layout.external_fold_file(method_dir, k, repeat, "json")
         result = predict(
             fold_dir,
             args.external_features,
@@ -207,7 +243,7 @@ def _external(args, out: Path, name: str, fold_dirs, task_type: str) -> None:
         write_text(csv_path, result.pop("predictions").to_csv(index=False))
         write_json(json_path, result)
         files.append((r, k, csv_path, json_path))
-    summary = external_summary(name, files, task_type, n_boot=args.n_boot)
+    summary = external_summary(name, files, task_type, n_boot=args.n_boot, cohort=cohort)
     write_json(Path(method_dir) / layout.SUMMARY_JSON, summary)
 
 

@@ -11,7 +11,9 @@ or case-bootstrap interval.
 With --external the arguments are the fold models' predictions on an external cohort
 (`external/{task}/{encoder}/{method}/[repeat{r}/]fold{k}.csv`, each with the `.json` that
 `wsi-mil predict --metrics` wrote beside it): the same statistics over the fold models, pooled on
-their ensemble (mean score per slide, majority hard prediction).
+their ensemble (mean score per slide, majority hard prediction). The all-cases model's file
+(`external_all_cases/{task}/{encoder}/{method}/all_cases.csv`, `mil.external_all_cases`) gives the
+summary of that one model (cohort `external_all_cases`).
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ def add_arguments(parser) -> None:
 
 
 def external_files(paths) -> list[tuple[int, int, str, str]]:
-    """(repeat, fold, csv, json) of external prediction files named ``[repeat{r}/]fold{k}.csv``."""
+    """(repeat, fold, csv, json) of external prediction files named ``[repeat{r}/]fold{k}.csv``
+    (``all_cases.csv``: the all-cases model, fold -1)."""
     from pipeline.errors import PipelineError
-    from pipeline.layout import fold_number, fold_repeat
+    from pipeline.layout import ALL_CASES, fold_number, fold_repeat
 
     files = []
     for path in map(Path, paths):
-        fold = fold_number(path.stem)
+        fold = -1 if path.stem == ALL_CASES else fold_number(path.stem)
         metrics = path.with_suffix(".json")
         if fold is None or not path.is_file() or not metrics.is_file():
             raise PipelineError(
@@ -52,6 +55,10 @@ def external_files(paths) -> list[tuple[int, int, str, str]]:
                 "Write them with `wsi-mil predict --labels ... --metrics fold{k}.json`.",
             )
         files.append((fold_repeat(path), fold, str(path), str(metrics)))
+    if len({f[1] == -1 for f in files}) > 1:
+        raise PipelineError(
+            files[0][2], "mixes fold models' and the all-cases model's files", "Pass one kind."
+        )
     return files
 
 
@@ -69,7 +76,13 @@ def run(args) -> int:
         survival = "risk" in pd.read_csv(files[0][2], nrows=1).columns
         method = Path(files[0][2]).parent.name
         method = Path(files[0][2]).parents[1].name if method.startswith("repeat") else method
-        summary = external_summary(method, files, "survival" if survival else "classification")
+        all_cases = all(f[1] == -1 for f in files)
+        summary = external_summary(
+            method,
+            files,
+            "survival" if survival else "classification",
+            cohort="external_all_cases" if all_cases else "external",
+        )
     else:
         summary = summarize(args.folds)
     write_json(args.output, summary)

@@ -117,7 +117,7 @@ def add_comparisons(
 
     def results(i: int) -> MethodResults:
         s = summaries[i]
-        if i not in cache and s.get("cohort") == "external":
+        if i not in cache and str(s.get("cohort")).startswith("external"):
             files = [(int(r), int(k), c, j) for r, k, c, j in s["files"]]
             cache[i] = external_results(s["method"], files, s["task_type"])
         elif i not in cache:
@@ -129,7 +129,7 @@ def add_comparisons(
     def compare(r: int, i: int, cohort: str) -> dict[str, Any]:
         if (r, i) not in records:
             task_type = summaries[i]["task_type"]
-            if cohort == "external":
+            if str(cohort).startswith("external"):
                 records[r, i] = external_comparison(
                     results(r), results(i), task_type, n_boot=n_boot
                 )
@@ -256,9 +256,14 @@ def external_results(
 
 
 def external_summary(
-    name: str, files: Sequence[tuple[int, int, str, str]], task_type: str, n_boot: int = N_BOOT
+    name: str,
+    files: Sequence[tuple[int, int, str, str]],
+    task_type: str,
+    n_boot: int = N_BOOT,
+    cohort: str = "external",
 ) -> dict[str, Any]:
-    """``summary.json`` of a method on the external cohort (the same shape as the CV summary)."""
+    """``summary.json`` of a method on the external cohort (the same shape as the CV summary);
+    ``cohort="external_all_cases"`` for the one all-cases model's file (fold -1)."""
     import json as _json
 
     from pipeline.mil.metrics import mean_std
@@ -273,7 +278,7 @@ def external_summary(
     return {
         "method": name,
         "task_type": task_type,
-        "cohort": "external",
+        "cohort": cohort,
         "protocol": "paper" if optimistic else "holdout",
         "optimistic": optimistic,
         "n_folds": len(folds),

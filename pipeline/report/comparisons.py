@@ -252,25 +252,44 @@ def comparison_table(part: pd.DataFrame) -> str:
 
 
 def split_cohorts(models: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cross-validation rows, external-cohort rows) of summary.csv."""
+    """(cross-validation rows, external-cohort rows) of summary.csv; the external rows are those of
+    the fold models (cohort ``external``) and of the all-cases model (``external_all_cases``)."""
     if "cohort" not in models:
         return models, models.iloc[0:0]
-    external = models["cohort"].astype(str) == "external"
+    external = models["cohort"].astype(str).str.startswith("external")
     return models[~external].reset_index(drop=True), models[external].reset_index(drop=True)
+
+
+EXTERNAL_PARTS = {
+    "external": (
+        "External cohort",
+        "Every fold model predicts the external cohort; mean and interval over the fold models, "
+        "pooled = their ensemble (mean score). Comparisons: paired test on the ensembles.",
+    ),
+    "external_all_cases": (
+        "External cohort: one model trained on all cases",
+        "One model per method trained on every case for the median best epoch of its CV folds (no "
+        "selection) predicts the external cohort; interval: DeLong (AUC) or case bootstrap. "
+        "Comparisons: paired test on these models' predictions.",
+    ),
+}
 
 
 def section_html(part: pd.DataFrame, external: pd.DataFrame | None = None) -> str:
     """The HTML blocks of one task (empty when summary.csv has no statistics columns); the
-    external cohort's rows, when there are any, in their own part below."""
+    external cohort's rows, when there are any, in their own parts below."""
     out = intervals_table(part) + comparison_table(part)
-    if external is not None and not external.empty:
-        out += (
-            "<h4>External cohort</h4><p class='small'>Every fold model predicts the external "
-            "cohort; mean and interval over the fold models, pooled = their ensemble (mean score). "
-            "Comparisons: paired test on the ensembles.</p>"
-            + intervals_table(external)
-            + comparison_table_external(external)
-        )
+    if external is None or external.empty:
+        return out
+    cohorts = external["cohort"].astype(str) if "cohort" in external else pd.Series(dtype=str)
+    for cohort, (title, text) in EXTERNAL_PARTS.items():
+        rows = external[cohorts == cohort].reset_index(drop=True)
+        if not rows.empty:
+            out += (
+                f"<h4>{title}</h4><p class='small'>{text}</p>"
+                + intervals_table(rows)
+                + comparison_table_external(rows)
+            )
     return out
 
 

@@ -9,15 +9,18 @@ import yaml
 from .test_dag import DEMO, fake_cohort
 
 
-def test_variants_repeats_and_external_cohort_in_the_dag(tmp_path, snakemake, job_counts):
-    fake_cohort(tmp_path, n_slides=6, missing=0)
+def _external_config(tmp_path, **mil) -> str:
+    """The 6-slide fake cohort with a 4-slide external cohort; abmil, mhim_abmil and a variant on
+    2 repeats x 2 folds (``mil`` overrides on top). Returns the config file's path."""
     ext = tmp_path / "ext"
-    (ext / "slides").mkdir(parents=True)
-    rows = ["slide_id,case_id,label"]
-    for i in range(4):
-        (ext / "slides" / f"ext{i}.svs").touch()
-        rows.append(f"ext{i},ec{i},{['normal', 'tumor'][i % 2]}")
-    (ext / "labels.csv").write_text("\n".join(rows) + "\n")
+    if not ext.exists():  # the cohort once per folder; each call writes its config
+        fake_cohort(tmp_path, n_slides=6, missing=0)
+        (ext / "slides").mkdir(parents=True)
+        rows = ["slide_id,case_id,label"]
+        for i in range(4):
+            (ext / "slides" / f"ext{i}.svs").touch()
+            rows.append(f"ext{i},ec{i},{['normal', 'tumor'][i % 2]}")
+        (ext / "labels.csv").write_text("\n".join(rows) + "\n")
     task = {**DEMO["tasks"][0], "external": {"slides_dir": "ext/slides", "table": "ext/labels.csv"}}
     config = {
         **DEMO,
@@ -27,11 +30,16 @@ def test_variants_repeats_and_external_cohort_in_the_dag(tmp_path, snakemake, jo
             "folds": 2,
             "repeats": 2,
             "variants": {"mhim_abmil_no_grn": {"method": "mhim_abmil", "mhim": {"grn": False}}},
+            **mil,
         },
     }
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    proc = snakemake(tmp_path, "-n", "--configfile", str(cfg), "-p")
+    return str(cfg)
+
+
+def test_variants_repeats_and_external_cohort_in_the_dag(tmp_path, snakemake, job_counts):
+    proc = snakemake(tmp_path, "-n", "--configfile", _external_config(tmp_path), "-p")
     counts = job_counts(proc.stdout)
     assert counts["splits"] == 2  # one fold assignment per repeat
     assert counts["train"] == 3 * 2 * 2  # abmil, mhim_abmil, the variant x 2 repeats x 2 folds
@@ -62,3 +70,39 @@ def test_variants_repeats_and_external_cohort_in_the_dag(tmp_path, snakemake, jo
     assert all(t == "" for t in by_method["abmil"].values())
     # --teacher-init is made from the declared input (train_inputs), so this is also the DAG order
     assert "--reference abmil" in proc.stdout
+
+
+ALL_CASES_RULES = ("train_all_cases", "external_predict_all_cases", "external_evaluate_all_cases")
+
+
+def test_all_cases_model_jobs_only_with_the_option(tmp_path, snakemake, job_counts):
+    off = job_counts(snakemake(tmp_path, "-n", "--configfile", _external_config(tmp_path)).stdout)
+    assert not set(ALL_CASES_RULES) & set(off)  # the default adds no job
+    cfg = _external_config(tmp_path, external_all_cases=True)
+    proc = snakemake(tmp_path, "-n", "--configfile", cfg, "-p")
+    on = job_counts(proc.stdout)
+    # one all-cases model per method/variant, its external predictions and summary; nothing else
+    assert {r: on[r] for r in ALL_CASES_RULES} == dict.fromkeys(ALL_CASES_RULES, 3)
+    assert {r: n for r, n in on.items() if r not in ALL_CASES_RULES and r != "total"} == {
+        r: n for r, n in off.items() if r != "total"
+    }
+    assert on["total"] == off["total"] + 9
+    runs = re.findall(
+        r"wsi-mil train-all-cases .*?--folds (.+?) --method (\S+) .*?-o (\S+)"
+        r"(?: --teacher-init (\S+))?",
+        proc.stdout,
+    )
+    assert len(runs) == 3
+    base = "demo/results/mil/tumour/efficientnet_lite0"
+    for folds, method, out, teacher in runs:
+        # every fold of every repeat gives its best epoch; the teacher is the baseline's model
+        assert sorted(folds.split()) == [
+            f"{base}/{method}/repeat{r}/fold{k}" for r in (0, 1) for k in (0, 1)
+        ]
+        assert out.endswith(f"{base}/{method}/all_cases")
+        assert teacher == ("" if method == "abmil" else f"{base}/abmil/all_cases")
+    predicts = re.findall(r"wsi-mil predict --model (\S+/all_cases) .*?-o (\S+)", proc.stdout)
+    assert sorted(out for _, out in predicts) == [
+        f"demo/results/external_all_cases/tumour/efficientnet_lite0/{m}/all_cases.csv"
+        for m in ("abmil", "mhim_abmil", "mhim_abmil_no_grn")
+    ]

@@ -18,7 +18,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from pipeline.errors import PipelineError
-from pipeline.layout import Layout, fold_name, repeat_ids, repeat_name
+from pipeline.layout import FOLD_FILES, Layout, fold_name, repeat_ids, repeat_name
 from pipeline.methods import METHODS as METHOD_TABLE
 from pipeline.methods import default_reference
 from pipeline.store import write_text
@@ -294,7 +294,8 @@ def train_settings_digest(w):
     what runs) plus this variant's own overrides, so editing a variant re-trains that variant only.
     """
     shared = settings_digest(
-        "mil", drop=("methods", "variants", "reference", "repeats")
+        "mil",
+        drop=("methods", "variants", "reference", "repeats", "external_all_cases"),
     )
     own = json.dumps(VARIANTS.get(w.method), sort_keys=True)
     return hashlib.sha256((shared + own).encode()).hexdigest()[:16]
@@ -359,7 +360,54 @@ def all_summaries():
         for encoder in ENCODERS
         for method in TRAINED_METHODS
     ]
-    return cv + external
+    return (
+        cv
+        + external
+        + [OUT.external_all_cases_summary(*job) for job in all_cases_jobs()]
+    )
+
+
+def all_cases_jobs():
+    """(task, encoder, method) of every all-cases model (``mil.external_all_cases``; tasks with an
+    external cohort only); none when the option is off."""
+    if not config["mil"]["external_all_cases"]:
+        return []
+    return [
+        (t, e, m) for t in EXTERNAL_SLIDES for e in ENCODERS for m in TRAINED_METHODS
+    ]
+
+
+def all_cases_inputs(w):
+    """The train job's data, every CV fold of the method (their best epochs) and, for a method
+    with a teacher, the baseline's all-cases model."""
+    task = TASKS[w.task]
+    inputs = {
+        "features": [OUT.features(w.encoder, s) for s in TASK_SLIDES[w.task]],
+        "table": task["table"],
+        "slides_table": task_slides_table(task),
+        "folds": method_fold_files(w.task, w.encoder, w.method),
+    }
+    if teacher_of(w.method):
+        baseline = teacher_of(w.method)
+        inputs["teacher"] = OUT.all_cases_file(w.task, w.encoder, baseline, "model")
+        inputs["teacher_json"] = OUT.all_cases_file(
+            w.task, w.encoder, baseline, "model_json"
+        )
+    return inputs
+
+
+def all_cases_external_inputs(w):
+    """external_inputs of the all-cases model instead of a fold model."""
+    ext = TASKS[w.task]["external"]
+    inputs = {
+        "model": OUT.all_cases_file(w.task, w.encoder, w.method, "model"),
+        "model_json": OUT.all_cases_file(w.task, w.encoder, w.method, "model_json"),
+        "features": [OUT.features(w.encoder, s) for s in EXTERNAL_SLIDES[w.task]],
+        "table": ext["table"],
+    }
+    if ext.get("slides_table"):
+        inputs["slides_table"] = ext["slides_table"]
+    return inputs
 
 
 def external_inputs(w):
@@ -493,6 +541,9 @@ def run_benchmarks():
                         for k in FOLDS
                     ]
                     jobs.append(("external_evaluate", t, e, m))
+    for t, e, m in all_cases_jobs():
+        jobs += [("train_all_cases", t, e, m), ("external_all_cases", t, e, m)]
+        jobs.append(("external_evaluate_all_cases", t, e, m))
     jobs += [("heatmaps", *parts) for parts in heatmap_jobs()]
     jobs += [("summary", "summary"), ("report", "report")]
     return [os.path.relpath(OUT.benchmark(*job), RESULTS) for job in jobs]

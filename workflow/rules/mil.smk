@@ -15,6 +15,7 @@ localrules:
     splits,
     evaluate,
     external_evaluate,
+    external_evaluate_all_cases,
 
 
 rule splits:
@@ -164,3 +165,68 @@ rule external_evaluate:
         runtime=10,
     shell:
         "wsi-mil evaluate --external {input:q} -o {output:q} > {log:q} 2>&1"
+
+
+# mil.external_all_cases: one model per task x encoder x method trained on every case for the
+# median best epoch of the method's CV folds (all repeats), then predicting the external cohort
+# like a fold model. An MHIM method's teacher is its baseline's all-cases model.
+rule train_all_cases:
+    input:
+        unpack(all_cases_inputs),
+    output:
+        **{
+            k: OUT.all_cases_file("{task}", "{encoder}", "{method}", k)
+            for k in FOLD_FILES
+        },
+    log:
+        OUT.log("train_all_cases", "{task}", "{encoder}", "{method}"),
+    benchmark:
+        OUT.benchmark("train_all_cases", "{task}", "{encoder}", "{method}")
+    wildcard_constraints:
+        task=alternatives(EXTERNAL_SLIDES),
+        encoder=alternatives(ENCODERS),
+        method=alternatives(TRAINED_METHODS),
+    conda:
+        "../../envs/mil.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    params:
+        features=lambda w: OUT.features_dir(w.encoder),
+        outdir=lambda w, output: os.path.dirname(output.metrics),
+        task_type=lambda w: TASKS[w.task]["type"],
+        folds=lambda w, input: " ".join(
+            shlex.quote(os.path.dirname(p)) for p in input.folds
+        ),
+        teacher=teacher_flag,
+        config=EFFECTIVE_CONFIG,
+        settings=train_settings_digest,
+    shell:
+        "wsi-mil train-all-cases --features {params.features:q} --labels {input.table:q}"
+        " --slides-table {input.slides_table:q} --folds {params.folds}"
+        " --method {wildcards.method:q} --task-type {params.task_type} -o {params.outdir:q}"
+        " {params.teacher} --threads {threads} --config {params.config:q} > {log:q} 2>&1"
+
+
+use rule external_predict as external_predict_all_cases with:
+    input:
+        unpack(all_cases_external_inputs),
+    output:
+        csv=OUT.external_all_cases("{task}", "{encoder}", "{method}", "csv"),
+        json=OUT.external_all_cases("{task}", "{encoder}", "{method}", "json"),
+    log:
+        OUT.log("external_all_cases", "{task}", "{encoder}", "{method}"),
+    benchmark:
+        OUT.benchmark("external_all_cases", "{task}", "{encoder}", "{method}")
+
+
+use rule external_evaluate as external_evaluate_all_cases with:
+    input:
+        OUT.external_all_cases("{task}", "{encoder}", "{method}", "csv"),
+    output:
+        OUT.external_all_cases_summary("{task}", "{encoder}", "{method}"),
+    log:
+        OUT.log("external_evaluate_all_cases", "{task}", "{encoder}", "{method}"),
+    benchmark:
+        OUT.benchmark("external_evaluate_all_cases", "{task}", "{encoder}", "{method}")
