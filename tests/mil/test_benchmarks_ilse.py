@@ -8,6 +8,8 @@ lr 5e-4, accuracy at the 0.5 decision rule (``threshold=argmax``). Our protocol 
 (10 % of each training part) for early stopping on the validation loss, so the test folds stay unseen.
 One weight decay (5e-3) and epoch budget serve both sets. Run in float32 and in bf16 autocast (the
 ``mil.precision: auto`` choice on CPUs with native bfloat16): both must hold the published accuracy.
+bf16 is checked on Musk1 only: on a CPU without native bfloat16 (CI's) autocast is emulated, and
+Tiger in bf16 alone took 6–10 minutes of CI's 2 cores; the precision path is the same for both sets.
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ def load_benchmark(name: str) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
+@pytest.mark.parametrize(
+    ("name", "precision"), [("musk1", "fp32"), ("musk1", "bf16"), ("tiger", "fp32")]
+)
 def test_abmil_accuracy_matches_ilse(name, precision):
     arrays, labels = load_benchmark(name)
     task = ClassificationTask(labels)
