@@ -252,6 +252,10 @@ class Layout:
     def external_summary(self, task: str, encoder: str, method: str) -> str:
         return f"{self.external_dir(task, encoder, method)}/{SUMMARY_JSON}"
 
+    def external_heatmap_dir(self, task: str, encoder: str, method: str) -> str:
+        """The external cohort's heatmaps of a method (the external_heatmaps rule's folder)."""
+        return self._join("heatmaps_external", task, encoder, method)
+
     # --- the all-cases model (mil.external_all_cases) and its predictions on the external cohort --
     def all_cases_dir(self, task: str, encoder: str, method: str) -> str:
         return f"{self.method_dir(task, encoder, method)}/{ALL_CASES}"

@@ -47,7 +47,9 @@ def test_variants_repeats_and_external_cohort_in_the_dag(tmp_path, snakemake, jo
     # the external cohort is tiled and embedded like the rest and predicted by every fold model
     assert counts["tile"] == 6 + 4 and counts["extract"] == 6 + 4
     assert counts["external_predict"] == 12 and counts["external_evaluate"] == 3
-    predicts = re.findall(r"wsi-mil predict --model (\S+) .*?--labels (\S+) +-o (\S+)", proc.stdout)
+    predicts = re.findall(
+        r"wsi-mil predict --model (\S+) .*?--labels (\S+) +-o (\S+) --metrics", proc.stdout
+    )
     assert len(predicts) == 12
     for model, table, out in predicts:
         assert table == "ext/labels.csv"
@@ -70,6 +72,14 @@ def test_variants_repeats_and_external_cohort_in_the_dag(tmp_path, snakemake, jo
     assert all(t == "" for t in by_method["abmil"].values())
     # --teacher-init is made from the declared input (train_inputs), so this is also the DAG order
     assert "--reference abmil" in proc.stdout
+    # heatmaps of the external cohort: one job per method/variant, by the first fold model
+    assert counts["external_heatmaps"] == 3
+    drawn = re.findall(r"wsi-mil predict --model (\S+) .*?--heatmaps (\S+) ", proc.stdout)
+    assert sorted(drawn) == [
+        (f"demo/results/mil/tumour/efficientnet_lite0/{m}/repeat0/fold0",
+         f"demo/results/heatmaps_external/tumour/efficientnet_lite0/{m}")
+        for m in ("abmil", "mhim_abmil", "mhim_abmil_no_grn")
+    ]  # fmt: skip
 
 
 ALL_CASES_RULES = ("train_all_cases", "external_predict_all_cases", "external_evaluate_all_cases")
@@ -83,6 +93,12 @@ def test_all_cases_model_jobs_only_with_the_option(tmp_path, snakemake, job_coun
     on = job_counts(proc.stdout)
     # one all-cases model per method/variant, its external predictions and summary; nothing else
     assert {r: on[r] for r in ALL_CASES_RULES} == dict.fromkeys(ALL_CASES_RULES, 3)
+    # the external cohort's heatmaps are then drawn by the all-cases models
+    drawn = re.findall(r"wsi-mil predict --model (\S+) .*?--heatmaps (\S+) ", proc.stdout)
+    assert sorted(model for model, _ in drawn) == [
+        f"demo/results/mil/tumour/efficientnet_lite0/{m}/all_cases"
+        for m in ("abmil", "mhim_abmil", "mhim_abmil_no_grn")
+    ]
     assert {r: n for r, n in on.items() if r not in ALL_CASES_RULES and r != "total"} == {
         r: n for r, n in off.items() if r != "total"
     }
@@ -101,7 +117,9 @@ def test_all_cases_model_jobs_only_with_the_option(tmp_path, snakemake, job_coun
         ]
         assert out.endswith(f"{base}/{method}/all_cases")
         assert teacher == ("" if method == "abmil" else f"{base}/abmil/all_cases")
-    predicts = re.findall(r"wsi-mil predict --model (\S+/all_cases) .*?-o (\S+)", proc.stdout)
+    predicts = re.findall(
+        r"wsi-mil predict --model (\S+/all_cases) .*?-o (\S+) --metrics", proc.stdout
+    )
     assert sorted(out for _, out in predicts) == [
         f"demo/results/external_all_cases/tumour/efficientnet_lite0/{m}/all_cases.csv"
         for m in ("abmil", "mhim_abmil", "mhim_abmil_no_grn")

@@ -396,35 +396,54 @@ def all_cases_inputs(w):
     return inputs
 
 
-def all_cases_external_inputs(w):
-    """external_inputs of the all-cases model instead of a fold model."""
-    ext = TASKS[w.task]["external"]
+def _external_cohort_inputs(task, encoder, model, model_json):
+    """A model and what it needs to predict a task's external cohort: features and tables."""
+    ext = TASKS[task]["external"]
     inputs = {
-        "model": OUT.all_cases_file(w.task, w.encoder, w.method, "model"),
-        "model_json": OUT.all_cases_file(w.task, w.encoder, w.method, "model_json"),
-        "features": [OUT.features(w.encoder, s) for s in EXTERNAL_SLIDES[w.task]],
+        "model": model,
+        "model_json": model_json,
+        "features": [OUT.features(encoder, s) for s in EXTERNAL_SLIDES[task]],
         "table": ext["table"],
     }
     if ext.get("slides_table"):
         inputs["slides_table"] = ext["slides_table"]
     return inputs
+
+
+def all_cases_external_inputs(w):
+    """external_inputs of the all-cases model instead of a fold model."""
+    return _external_cohort_inputs(
+        w.task,
+        w.encoder,
+        OUT.all_cases_file(w.task, w.encoder, w.method, "model"),
+        OUT.all_cases_file(w.task, w.encoder, w.method, "model_json"),
+    )
 
 
 def external_inputs(w):
     """What a fold model needs to predict the external cohort: the model, its features, tables."""
-    ext = TASKS[w.task]["external"]
     repeat = wildcard_repeat(w)
-    inputs = {
-        "model": OUT.fold_file(w.task, w.encoder, w.method, w.fold, "model", repeat),
-        "model_json": OUT.fold_file(
-            w.task, w.encoder, w.method, w.fold, "model_json", repeat
-        ),
-        "features": [OUT.features(w.encoder, s) for s in EXTERNAL_SLIDES[w.task]],
-        "table": ext["table"],
-    }
-    if ext.get("slides_table"):
-        inputs["slides_table"] = ext["slides_table"]
-    return inputs
+    return _external_cohort_inputs(
+        w.task,
+        w.encoder,
+        OUT.fold_file(w.task, w.encoder, w.method, w.fold, "model", repeat),
+        OUT.fold_file(w.task, w.encoder, w.method, w.fold, "model_json", repeat),
+    )
+
+
+def external_heatmap_inputs(w):
+    """The model that draws the external cohort's heatmaps: the all-cases model when
+    ``mil.external_all_cases`` trains one, else the first fold model of the first repeat.
+    """
+    if config["mil"]["external_all_cases"]:
+        return all_cases_external_inputs(w)
+    fold, repeat = FOLDS[0], REPEATS[0]
+    return _external_cohort_inputs(
+        w.task,
+        w.encoder,
+        OUT.fold_file(w.task, w.encoder, w.method, fold, "model", repeat),
+        OUT.fold_file(w.task, w.encoder, w.method, fold, "model_json", repeat),
+    )
 
 
 def external_files(task, encoder, method):
@@ -545,6 +564,7 @@ def run_benchmarks():
         jobs += [("train_all_cases", t, e, m), ("external_all_cases", t, e, m)]
         jobs.append(("external_evaluate_all_cases", t, e, m))
     jobs += [("heatmaps", *parts) for parts in heatmap_jobs()]
+    jobs += [("external_heatmaps", *parts) for parts in external_heatmap_jobs()]
     jobs += [("summary", "summary"), ("report", "report")]
     return [os.path.relpath(OUT.benchmark(*job), RESULTS) for job in jobs]
 
@@ -561,5 +581,15 @@ def heatmap_outputs():
     return [OUT.heatmap_dir(*job) for job in heatmap_jobs()]
 
 
+def external_heatmap_jobs():
+    """(task, encoder, method) of every external cohort's heatmaps job (heatmaps enabled)."""
+    if not config["heatmaps"]["enabled"]:
+        return []
+    return [
+        (t, e, m) for t in EXTERNAL_SLIDES for e in ENCODERS for m in TRAINED_METHODS
+    ]
+
+
 def final_outputs():
-    return [OUT.summary_csv, *heatmap_outputs(), OUT.report_html]
+    external = [OUT.external_heatmap_dir(*job) for job in external_heatmap_jobs()]
+    return [OUT.summary_csv, *heatmap_outputs(), *external, OUT.report_html]

@@ -49,3 +49,42 @@ rule heatmaps:
         " --method {wildcards.method:q} --task-type {params.task_type} --folds {params.folds}"
         " {params.masks} -o {output:q} --threads {threads} --config {params.config:q} --device cpu"
         " > {log:q} 2>&1"
+
+
+# The external cohort of a task (its `external` part): every slide scored by one model — the
+# all-cases model when mil.external_all_cases trains one, else the first fold model — with the same
+# score stores, pictures and galleries (`wsi-mil predict --heatmaps`). No localisation: external
+# cohorts have no masks here.
+rule external_heatmaps:
+    input:
+        unpack(external_heatmap_inputs),
+    output:
+        directory(OUT.external_heatmap_dir("{task}", "{encoder}", "{method}")),
+    log:
+        OUT.log("external_heatmaps", "{task}", "{encoder}", "{method}"),
+    benchmark:
+        OUT.benchmark("external_heatmaps", "{task}", "{encoder}", "{method}")
+    wildcard_constraints:
+        task=alternatives(EXTERNAL_SLIDES),
+        encoder=alternatives(ENCODERS),
+        method=alternatives(TRAINED_METHODS),
+    conda:
+        "../../envs/mil.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        model=lambda w, input: os.path.dirname(input.model),
+        features=lambda w: OUT.features_dir(w.encoder),
+        slides_table=lambda w, input: (
+            f"--slides-table {shlex.quote(input.slides_table)}"
+            if "slides_table" in input.keys()
+            else ""
+        ),
+        config=EFFECTIVE_CONFIG,
+        settings=settings_digest("heatmaps"),
+    shell:
+        "wsi-mil predict --model {params.model:q} --features {params.features:q}"
+        " --labels {input.table:q} {params.slides_table} -o {output:q}/predictions.csv"
+        " --heatmaps {output:q} --config {params.config:q} --device cpu > {log:q} 2>&1"
