@@ -133,3 +133,17 @@ def small_cohort(tmp_path_factory):
     write_features(root / "features", arrays)
     labels.to_csv(root / "labels.csv", index=False)
     return root, arrays, labels
+
+
+def write_cohort_with_external(work: Path) -> tuple[Path, Path]:
+    """24 planted bags (labels.csv) and a 20-bag external cohort of their own (ids ``ext_*``,
+    ext_labels.csv) under ``work``; returns the two feature folders."""
+    arrays, labels = planted_bags(n_bags=24, dim=16, n_min=8, n_max=16, seed=1)
+    features = write_features(work / "features", arrays)
+    labels.to_csv(work / "labels.csv", index=False)
+    ext_arrays, ext_labels = planted_bags(n_bags=20, dim=16, n_min=8, n_max=16, seed=2)
+    ext_arrays = {f"ext_{k}": v for k, v in ext_arrays.items()}
+    ext_labels = ext_labels.assign(slide_id="ext_" + ext_labels.slide_id)
+    ext_features = write_features(work / "ext_features", ext_arrays)
+    ext_labels.to_csv(work / "ext_labels.csv", index=False)
+    return features, ext_features

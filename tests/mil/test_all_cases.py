@@ -14,7 +14,7 @@ import torch
 from pipeline.cli import main
 from pipeline.mil.all_cases import median_best_epoch
 
-from .conftest import planted_bags, write_features
+from .conftest import write_cohort_with_external
 
 FAST = ["epochs=4", "patience=4", "hidden_dim=8"]
 
@@ -22,14 +22,7 @@ FAST = ["epochs=4", "patience=4", "hidden_dim=8"]
 @pytest.fixture(scope="module")
 def all_cases_cv(tmp_path_factory):
     work = tmp_path_factory.mktemp("all_cases")
-    arrays, labels = planted_bags(n_bags=24, dim=16, n_min=8, n_max=16, seed=1)
-    features = write_features(work / "features", arrays)
-    labels.to_csv(work / "labels.csv", index=False)
-    ext_arrays, ext_labels = planted_bags(n_bags=20, dim=16, n_min=8, n_max=16, seed=2)
-    ext_arrays = {f"ext_{k}": v for k, v in ext_arrays.items()}
-    ext_labels = ext_labels.assign(slide_id="ext_" + ext_labels.slide_id)
-    ext_features = write_features(work / "ext_features", ext_arrays)
-    ext_labels.to_csv(work / "ext_labels.csv", index=False)
+    features, ext_features = write_cohort_with_external(work)
     argv = [
         "cv", "--features", features, "--labels", work / "labels.csv", "--method", "mhim_abmil",
         "--folds", 2, "--repeats", 2, "--n-boot", 200, "--external-features", ext_features,
@@ -38,7 +31,7 @@ def all_cases_cv(tmp_path_factory):
     ]  # fmt: skip
     torch.set_num_threads(1)
     assert main([str(a) for a in argv]) == 0
-    return work, labels
+    return work, pd.read_csv(work / "labels.csv")
 
 
 def _fold_best_epochs(out, method) -> list[int]:

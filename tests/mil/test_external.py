@@ -12,7 +12,7 @@ import torch
 from pipeline.cli import main
 from pipeline.stats import summarise_method
 
-from .conftest import planted_bags, write_features
+from .conftest import write_cohort_with_external
 
 FAST = ["epochs=2", "patience=2", "hidden_dim=8"]
 
@@ -20,14 +20,7 @@ FAST = ["epochs=2", "patience=2", "hidden_dim=8"]
 @pytest.fixture(scope="module")
 def external_cv(tmp_path_factory):
     work = tmp_path_factory.mktemp("external")
-    arrays, labels = planted_bags(n_bags=24, dim=16, n_min=8, n_max=16, seed=1)
-    features = write_features(work / "features", arrays)
-    labels.to_csv(work / "labels.csv", index=False)
-    ext_arrays, ext_labels = planted_bags(n_bags=20, dim=16, n_min=8, n_max=16, seed=2)
-    ext_arrays = {f"ext_{k}": v for k, v in ext_arrays.items()}
-    ext_labels = ext_labels.assign(slide_id="ext_" + ext_labels.slide_id)
-    ext_features = write_features(work / "ext_features", ext_arrays)
-    ext_labels.to_csv(work / "ext_labels.csv", index=False)
+    features, ext_features = write_cohort_with_external(work)
     argv = [
         "cv", "--features", features, "--labels", work / "labels.csv", "--method", "mhim_abmil",
         "--folds", 2, "--n-boot", 200, "--external-features", ext_features,
