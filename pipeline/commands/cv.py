@@ -241,6 +241,7 @@ def _external(args, out: Path, name: str, fold_dirs, task_type: str) -> None:
             args.device,
         )
         write_text(csv_path, result.pop("predictions").to_csv(index=False))
+        result.pop("slide_ids")
         write_json(json_path, result)
         files.append((r, k, csv_path, json_path))
     summary = external_summary(name, files, task_type, n_boot=args.n_boot, cohort=cohort)

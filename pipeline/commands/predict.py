@@ -63,6 +63,7 @@ def run(args) -> int:
         raise PipelineError("--metrics", "needs --labels", "Pass the cohort's labels table.")
     result = predict(args.model, args.features, args.labels, args.slides_table, args.device)
     frame = result.pop("predictions")
+    slides = result.pop("slide_ids")
     write_text(args.output, frame.to_csv(index=False))
     if args.metrics:
         write_json(args.metrics, result)
@@ -70,13 +71,14 @@ def run(args) -> int:
         labels = None
         if {"slide_id", "label"} <= set(frame.columns):
             labels = dict(zip(frame["slide_id"], frame["label"], strict=True))
-        write_heatmaps(args, result["method"], labels)
+        write_heatmaps(args, result["method"], labels, slides)
     return 0
 
 
-def write_heatmaps(args, method: str, labels) -> None:
-    """Score store, heatmap and gallery of every slide into --heatmaps (one store format)."""
+def write_heatmaps(args, method: str, labels, slides: list[str]) -> None:
+    """Score store, heatmap and gallery of every predicted slide into --heatmaps (one store format):
+    with --labels only the labelled cohort's slides, not every store of a shared features folder."""
     from pipeline.heatmaps.external import external_heatmaps, heatmap_job
 
     job = heatmap_job(args.heatmaps, method, args.features, args.device, args.k, args.config)
-    external_heatmaps(args.model, args.features, job, labels)
+    external_heatmaps(args.model, args.features, job, labels, slides)

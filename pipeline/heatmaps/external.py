@@ -22,9 +22,11 @@ def external_heatmaps(
     features_dir: str | os.PathLike,
     job: HeatmapJob,
     labels: dict[str, Any] | None = None,
+    slides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Every slide of ``features_dir`` scored by the model of ``model_dir`` into ``job.outdir``;
-    ``labels`` (slide -> label) only annotates the pictures. Returns (and writes last) the index."""
+    """Every slide of ``features_dir`` (or only ``slides``: the cohort that was predicted) scored
+    by the model of ``model_dir`` into ``job.outdir``; ``labels`` (slide -> label) only annotates
+    the pictures. Returns (and writes last) the index."""
     from pipeline.mil.folder import FoldFolder
     from pipeline.mil.tasks import task_from_metadata
     from pipeline.store import write_json
@@ -37,7 +39,10 @@ def external_heatmaps(
     bank = FeatureBank.load(features_dir)
     stores = find_feature_files(features_dir)
     entries, failed = {}, {}
+    wanted = None if slides is None else set(slides)
     for slide in bank.slides:
+        if wanted is not None and slide not in wanted:
+            continue
         bag = Bag(slide, slide, (slide,), None, bank)
         provenance = {"fold": meta.get("fold"), "role": "external", "model_dir": str(model_dir)}
         try:

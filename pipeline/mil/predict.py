@@ -91,6 +91,7 @@ def predict(
         )
     result: dict[str, Any] = {
         "predictions": task.prediction_frame(bags, outputs, None),
+        "slide_ids": [s for b in bags for s in b.slide_ids],  # what was predicted (not written)
         "method": meta["method"],
         "model_dir": str(model_dir),
         "bags": len(bags),

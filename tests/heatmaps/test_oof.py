@@ -189,3 +189,20 @@ def test_predict_writes_the_same_stores_for_an_external_cohort(cohort, tmp_path)
         assert store.attrs["provenance"]["role"] == "external" and store.attrs["method"] == "abmil"
         assert index["slides"][slide]["label"] == label
         assert files["png"].is_file() and len(pd.read_csv(files["gallery_csv"])) == 2
+
+
+def test_predict_draws_only_the_labelled_cohort_of_a_shared_features_folder(cohort, tmp_path):
+    """The workflow keeps an external cohort's stores beside the training cohort's: `predict
+    --labels --heatmaps` draws the slides it predicted, not every store of the folder."""
+    root, _ = cohort
+    subset = {"S3", "S4"}
+    labels = pd.read_csv(root / "labels.csv")
+    labels[labels["slide_id"].isin(subset)].to_csv(tmp_path / "ext.csv", index=False)
+    out = tmp_path / "ext"
+    argv = ["predict", "--model", str(root / "mil" / "fold0"), "--features", str(root / "features")]
+    argv += ["-o", str(out / "predictions.csv"), "--labels", str(tmp_path / "ext.csv")]
+    argv += ["--heatmaps", str(out), "-k", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    index = json.loads((out / HEATMAP_INDEX).read_text())
+    assert set(index["slides"]) == subset == set(pd.read_csv(out / "predictions.csv")["slide_id"])
+    assert sorted(p.name for p in out.glob("*.zarr")) == sorted(f"{s}.zarr" for s in subset)
