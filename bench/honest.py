@@ -100,7 +100,7 @@ def run_fold(s, splits, fold, variants, args, overrides, emit) -> None:
         seed_everything(cfg.seed)
         d = bags[0].features().shape[1]
 
-        def build():
+        def build(_inner=None):
             return create_mil_model(args.method, d, task.n_outputs, cfg)
 
         sel = fit_selected(build, task, train, cfg, device, [b.case_id for b in test])

@@ -34,7 +34,7 @@ from pipeline.mil.train import assign_roles, train_fold  # noqa: E402
 from pipeline.settings import MILSettings  # noqa: E402
 from tests.mil.conftest import planted_bags  # noqa: E402
 
-SETTINGS = {"epochs": 12, "hidden_dim": 16, "dropout": 0.0, "seed": 0, "lr": 5e-3}
+SETTINGS = {"epochs": 12, "hidden_dim": 16, "dropout": 0.25, "seed": 0, "lr": 5e-3}
 SETS = {  # name: planted_bags arguments, what the reference should do
     "dense": {"n_bags": 40, "dim": 16, "n_min": 20, "n_max": 40, "shift": 2.0, "tumour_fraction": 0.5},
     "sparse": {
@@ -89,7 +89,7 @@ def five_fold_bags(task, bags, method: str, variant: str, keys=None) -> tuple[fl
             task.fit(train)
             task.encode(bags)
             sel = fit_selected(
-                lambda: create_mil_model(method, dim, task.n_outputs, settings),
+                lambda _inner=None: create_mil_model(method, dim, task.n_outputs, settings),
                 task,
                 train,
                 settings,

@@ -81,7 +81,7 @@ def _splits(out: Path, task, settings, folds: int, repeat: int | None, log, made
     """The folds of one repeat: reused from OUTDIR when present (and made from the same inputs and
     settings, else one line), else drawn and written."""
     from pipeline.mil.provenance import check_or_record
-    from pipeline.mil.splits import make_splits, read_splits, repeat_seed
+    from pipeline.mil.splits import check_inner_folds, make_splits, read_splits, repeat_seed
     from pipeline.store import write_text
 
     name = "splits.csv" if repeat is None else f"splits.repeat{repeat}.csv"
@@ -94,6 +94,8 @@ def _splits(out: Path, task, settings, folds: int, repeat: int | None, log, made
     strata, val_strata = task.case_strata()
     seed = repeat_seed(settings.seed, repeat)
     splits = make_splits(strata, folds, seed, settings.val_fraction, val_strata)
+    if settings.protocol == "holdout" and settings.selection != "holdout":
+        check_inner_folds(splits, val_strata, settings.inner_folds)
     write_text(path, splits.to_csv(index=False))
     return splits
 

@@ -19,12 +19,17 @@ NOTES = """
 Training and selection (mil keys; apply to every method; defaults: selection={selection},
 inner_folds={inner_folds}, accumulate={accumulate}, survival_loss={survival_loss}):
   selection    how the model of an outer fold is chosen without the test fold (protocol: holdout):
-               holdout      early stop on the val_fraction part (a dozen cases in a 100-case cohort)
-               inner_cv     epoch count chosen by inner_folds-fold CV of the training part (val part
-                            merged in), then one model trained on all of it for that many epochs
-               ensemble     the inner-fold models at that epoch, outputs averaged, predict the test
-                            fold (model.pt, used by `wsi-mil predict`, is the inner_cv model)
+               ensemble     (default) inner_folds-fold CV of the training part (val part merged in;
+                            the inner models train together and stop after `patience` epochs without
+                            a better mean inner score); the inner models at the best epoch average
+                            their outputs. model.pt holds all of them: `wsi-mil predict` and heatmaps
+                            apply exactly what was evaluated. The best honest variant on every
+                            synthetic set measured; costs ~inner_folds trainings per fold
+               inner_cv     the same inner CV chooses the epoch count; one model is then trained on
+                            the whole training part for that many epochs
                inner_cv_swa inner_cv with its weights averaged over epochs [e*/2, e*]
+               holdout      early stop on the val_fraction part (a dozen cases in a 100-case cohort):
+                            the classic protocol, one training per fold
                fixed        all `epochs` on the whole training part, no selection
                protocol: paper (the test fold selects: optimistic, labelled so) ignores it.
   accumulate   cases per optimiser step (gradient of their mean loss); 1 = one-case updates

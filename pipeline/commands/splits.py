@@ -7,7 +7,9 @@ case's label (the majority over its slides); survival tables (case_id,time,event
 bin, the validation part by event. All methods of a task share this file, so they see the same folds.
 With --repeat r the folds are those of repeat r of repeated CV (seed + r; ``mil.repeats``).
 Folds, seed, validation fraction and survival bins come from the `mil` section of --config (the schema
-defaults without it), like every other command; the flags override them.
+defaults without it), like every other command; the flags override them. Under an inner selection
+(`mil.selection`, default `ensemble`) every training part must hold `mil.inner_folds` cases of each class
+(survival: events and censored cases): a cohort too small for it is refused here, before any training.
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ def add_arguments(parser) -> None:
         default=None,
         help="repeat r of repeated CV: folds drawn with seed + r (default: the seed itself)",
     )
+    parser.add_argument(
+        "--selection",
+        default=None,
+        help="mil.selection the folds will be trained with: an inner selection (ensemble, inner_cv ...) "
+        "needs >= --inner-folds cases of each class in every training part, checked here",
+    )
+    parser.add_argument(
+        "--inner-folds", type=int, default=None, help="mil.inner_folds (inner selection)"
+    )
     add_task_type_argument(parser)
     parser.add_argument(
         "--survival-bins",
@@ -57,7 +68,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from pipeline.log import get_logger
-    from pipeline.mil.splits import make_splits, repeat_seed
+    from pipeline.mil.splits import check_inner_folds, make_splits, repeat_seed
     from pipeline.mil.tasks import build_task
     from pipeline.settings import mil_settings
     from pipeline.store import write_text
@@ -68,6 +79,8 @@ def run(args) -> int:
         "seed": args.seed,
         "val_fraction": args.val_fraction,
         "survival_bins": args.survival_bins,
+        "selection": args.selection,
+        "inner_folds": args.inner_folds,
     }
     # flags override the config; the schema checks them (one line naming a bad value)
     settings = mil_settings(args.config, {k: v for k, v in flags.items() if v is not None})
@@ -75,6 +88,8 @@ def run(args) -> int:
     strata, val_strata = task.case_strata()
     seed = repeat_seed(settings.seed, args.repeat)
     splits = make_splits(strata, settings.folds, seed, settings.val_fraction, val_strata)
+    if settings.protocol == "holdout" and settings.selection != "holdout":
+        check_inner_folds(splits, val_strata, settings.inner_folds)
     write_text(args.output, splits.to_csv(index=False))
     counts = splits.groupby(["fold", "role"]).size().unstack(fill_value=0)
     log.info(

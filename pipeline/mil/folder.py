@@ -52,6 +52,10 @@ class FoldFolder:
         """model.pt (state dict), model.json, history.csv, predictions.csv, then metrics.json — each atomic."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.file("metrics").unlink(missing_ok=True)  # a re-run is incomplete until it is rewritten
+        if hasattr(
+            model, "members"
+        ):  # selection: ensemble (EnsembleMIL): how many models model.pt holds
+            meta = {**meta, "ensemble": len(model.members)}
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         save_tensors(state, self.file("model"))  # a full disk is one line naming model.pt
         write_json(self.file("model_json"), meta)
@@ -95,9 +99,18 @@ class FoldFolder:
         meta, weights = self._checkpoint(
             "no trained model here", "Pass a fold directory written by `wsi-mil train`."
         )
-        model = create_mil_model(
-            meta["method"], int(meta["in_dim"]), int(meta["n_outputs"]), meta["cfg"]
-        )
+
+        def build():
+            return create_mil_model(
+                meta["method"], int(meta["in_dim"]), int(meta["n_outputs"]), meta["cfg"]
+            )
+
+        if meta.get("ensemble"):
+            from pipeline.mil.models.ensemble import EnsembleMIL
+
+            model = EnsembleMIL([build() for _ in range(int(meta["ensemble"]))])
+        else:
+            model = build()
         state = load_tensors(weights, "model weights", "Re-train this fold.")
         try:
             model.load_state_dict(state)
@@ -111,11 +124,21 @@ class FoldFolder:
         return model.to(device).eval(), meta
 
     def teacher_state(
-        self, method: str, baseline: str, fold: int | None, in_dim: int, n_outputs: int
+        self,
+        method: str,
+        baseline: str,
+        fold: int | None,
+        in_dim: int,
+        n_outputs: int,
+        member: int | None = None,
     ) -> dict[str, Any]:
         """The state dict of this fold's ``baseline`` model, to initialise ``method``'s teacher.
 
-        Every mismatch (another method, fold, feature width or number of outputs) is a PipelineError.
+        A baseline saved as an ensemble (``selection: ensemble``) gives its inner model ``member``: the
+        one trained on the same inner training cases as the MHIM inner model it initialises (the
+        inner splits are a function of the outer training part and the seed); ``member=None`` (a model
+        trained on the whole training part) takes its first member. Every mismatch (another method,
+        fold, feature width or number of outputs) is a PipelineError.
         """
 
         meta, weights = self._checkpoint(
@@ -138,4 +161,16 @@ class FoldFolder:
                 "teacher checkpoint does not match: " + "; ".join(problems),
                 f"Pass --teacher-init with the {baseline} model of fold {fold}.",
             )
-        return load_tensors(weights, "teacher weights", "Re-train the baseline.")
+        state = load_tensors(weights, "teacher weights", "Re-train the baseline.")
+        k = int(meta.get("ensemble") or 0)
+        if not k:
+            return state
+        index = 0 if member is None else int(member)
+        if index >= k:
+            raise PipelineError(
+                self.path,
+                f"the {baseline} ensemble has {k} inner models, {method} needs inner model {index + 1}",
+                f"Train {baseline} and {method} with the same mil.inner_folds.",
+            )
+        prefix = f"members.{index}."
+        return {key[len(prefix) :]: v for key, v in state.items() if key.startswith(prefix)}

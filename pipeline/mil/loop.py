@@ -59,6 +59,9 @@ class FitResult:
     train_seconds_per_epoch: float
     stopped_early: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    # inner selection: every training bag's output from the inner model that did not train on it, at
+    # the chosen epoch ``(bags, outputs)``: an out-of-fold part the binary threshold can come from
+    out_of_fold: tuple[list, Any] | None = None
 
 
 def make_optimizer(

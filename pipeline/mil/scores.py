@@ -46,8 +46,16 @@ def instance_score_maps(model: MILModel, bag: torch.Tensor | np.ndarray) -> dict
 def score_bag(
     model: MILModel, bag: torch.Tensor | np.ndarray
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Score maps and the bag logits ``[C]`` from the same forward pass (eval mode, no gradient)."""
+    """Score maps and the bag logits ``[C]`` from the same forward pass (eval mode, no gradient).
+
+    An ensemble (``selection: ensemble``) gives its members' maps and logits averaged."""
     from pipeline.mil.mhim import MHIM
+    from pipeline.mil.models.ensemble import EnsembleMIL
+
+    if isinstance(model, EnsembleMIL):
+        runs = [score_bag(m, bag) for m in model.members]
+        maps = {k: np.mean([r[0][k] for r in runs], axis=0).astype(np.float32) for k in runs[0][0]}
+        return maps, np.mean([r[1] for r in runs], axis=0)
 
     x = torch.as_tensor(bag)
     param = next(model.parameters())

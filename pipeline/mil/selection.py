@@ -2,22 +2,26 @@
 
 The holdout protocol picks the epoch on a validation part of a dozen cases: its AUC / C-index is so noisy
 that the chosen epoch is a lottery, and those cases are never trained on. Here the training part of an
-outer fold is itself cross-validated (``inner_folds`` folds by case, stratified by label / event):
+outer fold is itself cross-validated (``inner_folds`` folds by case, stratified by label / event). The
+inner models train in lockstep, each on its own random stream, scored on their inner validation cases
+every epoch; they stop together when the mean inner score (3-point moving average over epochs) has not
+improved for ``patience`` epochs, and ``e*`` is its best epoch. Then:
 
-* ``inner_cv``: each inner model trains ``epochs`` epochs (cosine schedule over ``epochs``) and is scored
-  on its inner validation cases every epoch; the epoch count ``e*`` maximising the mean inner score
-  (3-point moving average over epochs) is kept, and one model is trained on the *whole* training part
-  with the same schedule, stopped at ``e*``.
-* ``ensemble``: the inner models themselves, taken at ``e*``, average their outputs (probabilities;
-  survival curves and risk). No retraining; each saw ``(k-1)/k`` of the training part.
-* ``inner_cv_swa``: the whole-training-part model of ``inner_cv`` with its weights averaged over the
-  epochs ``[e*/2, e*]`` (stochastic weight averaging along the cosine tail: one model, smoother than
-  any single epoch).
+* ``ensemble`` (the workflow's default): the inner models themselves, taken at ``e*``, average their
+  outputs (probabilities; survival curves and risk). No retraining; each saw ``(k-1)/k`` of the training
+  part. The fold folder saves all of them (:class:`~pipeline.mil.models.ensemble.EnsembleMIL`), so
+  prediction and heatmaps apply what was evaluated. The best variant on every synthetic set measured
+  (BENCHMARKS.md, "Honest MIL").
+* ``inner_cv``: one model is trained on the *whole* training part with the same schedule (cosine over
+  ``epochs``), stopped at ``e*``.
+* ``inner_cv_swa``: that model with its weights averaged over the epochs ``[e*/2, e*]`` (stochastic
+  weight averaging along the cosine tail: one model, smoother than any single epoch).
 * ``fixed``: the whole-training-part model after all ``epochs`` (no selection at all).
 
-One call of :func:`fit_selected` computes all four from the same inner runs. Nothing here ever receives
-the outer test fold: callers pass the training part only, and ``exclude_case_ids`` (the test fold's case
-ids) is checked against every bag trained or validated on.
+One call of :func:`fit_selected` computes all four from the same inner runs (the whole-training-part
+model only when asked). Nothing here ever receives the outer test fold: callers pass the training part
+only, and ``exclude_case_ids`` (the test fold's case ids) is checked against every bag trained or
+validated on.
 """
 
 from __future__ import annotations
@@ -33,15 +37,75 @@ import pandas as pd
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.log import get_logger
 from pipeline.mil.data import Bag
 from pipeline.mil.epoch import train_epoch
 from pipeline.mil.inference import run_inference
 from pipeline.mil.loop import FitResult, make_optimizer
+from pipeline.mil.models.ensemble import EnsembleMIL
 from pipeline.mil.precision import seed_everything
 from pipeline.settings import MILSettings
 
+log = get_logger("mil")
+
 # the ``mil.selection`` values this module implements (``holdout`` is the trainer's own early stopping)
 SELECTIONS = ("inner_cv", "ensemble", "inner_cv_swa", "fixed")
+
+
+class EpochRunner:
+    """One model trained epoch by epoch: Adam and the cosine schedule over ``total`` epochs as the
+    trainer's ``fit``, bag order from ``settings.seed``. Several runners can advance in lockstep (the
+    inner folds of :func:`fit_selected`, so they can stop together)."""
+
+    def __init__(self, model, task, bags, settings: MILSettings, device, total: int, precision):
+        self.model, self.task, self.bags, self.settings = model, task, list(bags), settings
+        self.device, self.total, self.precision = device, int(total), precision
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(params, settings.lr, settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=self.total
+        )
+        self.rng = np.random.default_rng(settings.seed)
+        self.epoch = 0
+        self.torch_rng = _torch_rng(
+            device
+        )  # its own dropout / masking draws, whatever runs between
+
+    def step(self) -> float:
+        """Train one more epoch; its mean training loss (on the runner's own torch random stream, so
+        inner folds trained in lockstep give what each would give trained alone)."""
+        outer = _torch_rng(self.device)
+        _set_torch_rng(self.torch_rng, self.device)
+        try:
+            return self._epoch()
+        finally:
+            self.torch_rng = _torch_rng(self.device)
+            _set_torch_rng(outer, self.device)
+
+    def _epoch(self) -> float:
+        self.epoch += 1
+        n = len(self.bags)
+        order = [self.bags[i] for i in self.rng.permutation(n)]
+        progress = ((self.epoch - 1) / self.total, 1.0 / (self.total * max(n, 1)))
+        s = self.settings
+        self.lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
+        loss = train_epoch(
+            self.model, self.optimizer, self.task, order, self.device, s.accumulate,
+            s.survival_loss, progress, self.precision,
+        )  # fmt: skip
+        self.scheduler.step()
+        return loss
+
+
+def _torch_rng(device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_torch_rng(state: tuple, device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def train_epochs(
@@ -57,34 +121,14 @@ def train_epochs(
 ) -> list[float]:
     """Train exactly ``epochs`` epochs on ``bags`` (no validation); cosine over ``schedule_epochs``.
 
-    Adam and the cosine schedule as the trainer's ``fit``; bag order from ``settings.seed``;
     ``on_epoch(epoch, model)`` runs after each epoch. Returns the training loss per epoch.
     """
-    total = int(schedule_epochs or epochs)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, settings.lr, settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    rng = np.random.default_rng(settings.seed)
-    n, losses = len(bags), []
-    for epoch in range(1, int(epochs) + 1):
-        order = [bags[i] for i in rng.permutation(n)]
-        progress = ((epoch - 1) / total, 1.0 / (total * max(n, 1)))
-        losses.append(
-            train_epoch(
-                model,
-                optimizer,
-                task,
-                order,
-                device,
-                settings.accumulate,
-                settings.survival_loss,
-                progress,
-                precision,
-            )
-        )
-        scheduler.step()
+    runner = EpochRunner(model, task, bags, settings, device, schedule_epochs or epochs, precision)
+    losses = []
+    for _ in range(int(epochs)):
+        losses.append(runner.step())
         if on_epoch is not None:
-            on_epoch(epoch, model)
+            on_epoch(runner.epoch, model)
     return losses
 
 
@@ -134,12 +178,11 @@ class Ensemble:
     models: list[torch.nn.Module]
 
     def predict(self, task, bags: Sequence[Bag], device, precision="fp32") -> np.ndarray:
-        return self.run(task, bags, device, precision)[0]
+        return run_inference(self.module(), task, bags, device, precision)[0]
 
-    def run(self, task, bags: Sequence[Bag], device, precision="fp32") -> tuple[np.ndarray, float]:
-        """``(mean outputs [B, k], seconds)`` (as :func:`run_inference`, without the loss)."""
-        runs = [run_inference(m, task, bags, device, precision) for m in self.models]
-        return np.mean([r[0] for r in runs], axis=0), float(sum(r[2] for r in runs))
+    def module(self) -> torch.nn.Module:
+        """What a fold folder saves: the one model, or an :class:`EnsembleMIL` of all of them."""
+        return self.models[0] if len(self.models) == 1 else EnsembleMIL(self.models)
 
 
 @dataclass
@@ -148,6 +191,10 @@ class Selected:
 
     best_epoch: int
     inner_scores: np.ndarray  # [inner fold, epoch]
+    out_of_fold: tuple[list[Bag], np.ndarray]  # inner validation bags, their outputs at best_epoch
+    epoch_rows: list[
+        dict[str, float]
+    ]  # per epoch: mean train / inner loss, lr, seconds (all models)
     variants: dict[str, Ensemble] = field(default_factory=dict)
     seen_case_ids: set[str] = field(default_factory=set)
 
@@ -170,11 +217,14 @@ def fit_selected(
     device: torch.device,
     exclude_case_ids: Sequence[str] = (),
     precision: str = "fp32",
+    whole: bool = True,
 ) -> Selected:
     """Inner-CV selection on ``train_bags`` (the outer training part only); every variant of the module doc.
 
-    ``build()`` returns a fresh model (seeded by the caller's ``seed_everything``); ``exclude_case_ids``
-    are the outer test fold's cases, asserted absent from everything trained or scored here.
+    ``build(inner)`` returns a fresh model (seeded by the caller's ``seed_everything``) for inner fold
+    ``inner`` (None: the whole training part); ``exclude_case_ids`` are the outer test fold's cases,
+    asserted absent from everything trained or scored here. ``whole=False`` skips the whole-training-part
+    model: only ``ensemble`` is then available (one training fewer).
     """
     excluded = set(map(str, exclude_case_ids))
     seen = {b.case_id for b in train_bags}
@@ -186,27 +236,61 @@ def fit_selected(
             "Pass the outer training part only.",
         )
     epochs, k, seed = settings.epochs, settings.inner_folds, settings.seed
+    folds = inner_folds(task, train_bags, k, seed)
     scores = np.full((k, epochs), np.nan)
-    states: list[list[dict]] = []
-    for f, (tr, va) in enumerate(inner_folds(task, train_bags, k, seed)):
+    runners: list[EpochRunner] = []
+    for f, (tr, _) in enumerate(folds):
         seed_everything(seed + 1 + f)
-        model = build().to(device)
-        fold_states: list[dict] = []
-
-        def score(epoch, m, f=f, va=va, fold_states=fold_states):
-            out, _, _ = run_inference(m, task, va, device, precision)
+        runners.append(
+            EpochRunner(build(f).to(device), task, tr, settings, device, epochs, precision)
+        )
+    kept: list[dict[int, dict]] = [{} for _ in folds]  # inner fold -> {epoch: weights} still needed
+    ran = 0
+    rows: list[dict[str, float]] = []  # per epoch, means over the inner models
+    for epoch in range(1, epochs + 1):
+        start, train_loss, inner_loss = time.perf_counter(), [], []
+        for f, ((_, va), runner) in enumerate(zip(folds, runners, strict=True)):
+            train_loss.append(runner.step())
+            out, loss, _ = run_inference(runner.model, task, va, device, precision)
+            inner_loss.append(loss)
             scores[f, epoch - 1] = task.selection_score(va, out)
-            fold_states.append(_snapshot(m))
-
-        train_epochs(model, task, tr, settings, device, epochs, on_epoch=score, precision=precision)
-        states.append(fold_states)
+            kept[f][epoch] = (_snapshot(runner.model), out)
+        rows.append(
+            {
+                "train_loss": float(np.mean(train_loss)),
+                "inner_loss": float(np.mean(inner_loss)),
+                "lr": runners[0].lr,
+                "train_seconds": time.perf_counter() - start,
+            }
+        )
+        ran = epoch
+        curve = _smooth(np.nan_to_num(np.nanmean(scores[:, :epoch], axis=0), nan=-np.inf))
+        # smoothed scores before this epoch are final: the best is the best of them, or a later epoch
+        final_best = int(np.argmax(curve[:-1])) + 1 if epoch > 1 else epoch
+        for fold_states in kept:
+            for e in [e for e in fold_states if e not in (final_best, epoch)]:
+                del fold_states[e]
+        if epoch - (int(np.argmax(curve)) + 1) >= settings.patience:
+            log.info(
+                "inner selection: no improvement of the mean inner %s for %d epochs; stopped at %d",
+                task.metric_name, settings.patience, epoch,
+            )  # fmt: skip
+            break
+    scores = scores[:, :ran]
     curve = _smooth(np.nan_to_num(np.nanmean(scores, axis=0), nan=-np.inf))
     best = int(np.argmax(curve)) + 1
+    ensemble = Ensemble(
+        [_restored(r.model, st[best][0]) for r, st in zip(runners, kept, strict=True)]
+    )
+    oof_bags = [b for _, va in folds for b in va]
+    oof = (oof_bags, np.concatenate([st[best][1] for st in kept]))
+    if not whole:
+        return Selected(best, scores, oof, rows, {"ensemble": ensemble}, seen)
     seed_everything(seed)
     full = build().to(device)
     swa: dict[str, torch.Tensor] | None = None
     swa_n, swa_from = 0, max(1, best // 2)
-    kept: dict[str, Any] = {}
+    chosen: dict[str, Any] = {}
 
     def collect(epoch, m):
         nonlocal swa, swa_n
@@ -220,18 +304,18 @@ def fit_selected(
                         swa[key] += (v - swa[key]) / (swa_n + 1)
             swa_n += 1
         if epoch == best:
-            kept["best"] = _snapshot(m)
+            chosen["best"] = _snapshot(m)
 
     train_epochs(
         full, task, train_bags, settings, device, epochs, on_epoch=collect, precision=precision
     )
     variants = {
-        "inner_cv": Ensemble([_restored(full, kept["best"])]),
-        "ensemble": Ensemble([_restored(full, s[best - 1]) for s in states]),
+        "inner_cv": Ensemble([_restored(full, chosen["best"])]),
+        "ensemble": ensemble,
         "inner_cv_swa": Ensemble([_restored(full, swa)]),
         "fixed": Ensemble([full.eval()]),
     }
-    return Selected(best, scores, variants, seen)
+    return Selected(best, scores, oof, rows, variants, seen)
 
 
 def fit_fold_selected(
@@ -242,26 +326,34 @@ def fit_fold_selected(
     device: torch.device,
     exclude_case_ids: Sequence[str],
     precision: str = "fp32",
-) -> tuple[FitResult, Ensemble, torch.nn.Module]:
+) -> tuple[FitResult, torch.nn.Module, torch.nn.Module]:
     """One outer fold under ``settings.selection``: ``(fit record, predictor, model to save)``.
 
-    The predictor is the chosen variant; the saved model is that variant's one model, or for
-    ``ensemble`` the ``inner_cv`` model (a fold folder holds one state dict: ``wsi-mil predict`` on an
-    ``ensemble`` fold uses the whole-training-part model at the selected epoch count).
+    The predictor and the saved model are the same: the chosen variant's one model, or for ``ensemble``
+    an :class:`EnsembleMIL` of the inner models, so ``wsi-mil predict`` and heatmaps apply exactly what
+    the fold's test metrics were computed with.
     """
     if settings.selection not in SELECTIONS:
         raise PipelineError("mil.selection", f"not an inner selection: {settings.selection!r}")
     start = time.perf_counter()
-    sel = fit_selected(build, task, train_bags, settings, device, exclude_case_ids, precision)
+    sel = fit_selected(
+        build, task, train_bags, settings, device, exclude_case_ids, precision,
+        whole=settings.selection != "ensemble",
+    )  # fmt: skip
     seconds = time.perf_counter() - start
-    metric, epochs = task.metric_name, settings.epochs
+    metric, epochs = task.metric_name, sel.inner_scores.shape[1]  # the inner runs may stop early
     curve = np.nanmean(sel.inner_scores, axis=0)
     smooth = _smooth(np.nan_to_num(curve, nan=-np.inf))
+    rows = pd.DataFrame(sel.epoch_rows)
     history = pd.DataFrame(
         {
             "epoch": np.arange(1, epochs + 1),
+            "train_loss": rows["train_loss"],
+            "inner_loss": rows["inner_loss"],
             f"inner_{metric}": curve,
             f"inner_{metric}_smoothed": smooth,
+            "lr": rows["lr"],
+            "train_seconds": rows["train_seconds"],
             "best": np.arange(1, epochs + 1) == sel.best_epoch,
         }
     )
@@ -270,10 +362,11 @@ def fit_fold_selected(
         best_epoch=sel.best_epoch,
         best_score=float(smooth[sel.best_epoch - 1]),
         epochs_run=epochs,
-        train_seconds_per_epoch=seconds / (epochs * (settings.inner_folds + 1)),
-        stopped_early=False,
+        train_seconds_per_epoch=seconds
+        / (epochs * len(sel.inner_scores) + settings.epochs * ("fixed" in sel.variants)),
+        stopped_early=epochs < settings.epochs,
         extra={"inner_folds": settings.inner_folds},
+        out_of_fold=sel.out_of_fold,
     )
-    chosen = sel.variants[settings.selection]
-    saved = chosen.models[0] if len(chosen.models) == 1 else sel.variants["inner_cv"].models[0]
-    return fitted, chosen, saved
+    model = sel.variants[settings.selection].module()
+    return fitted, model, model

@@ -121,6 +121,26 @@ def make_splits(
     return pd.concat(rows, ignore_index=True)
 
 
+def check_inner_folds(splits: pd.DataFrame, strata: pd.Series, k: int) -> None:
+    """Every fold's training part (train + val) can be cross-validated in ``k`` inner folds.
+
+    Inner selection (``mil.selection`` ``ensemble`` / ``inner_cv`` / ...) splits each outer training part
+    by case, stratified by ``strata`` (class, or event for survival); a class with fewer than ``k``
+    training cases in some fold would stop that fold's training mid-run. Checked when the folds are
+    written, before any training starts.
+    """
+    strata = strata.astype(str)
+    for fold, part in splits[splits["role"] != "test"].groupby("fold"):
+        counts = strata.reindex(part["case_id"]).value_counts()
+        if counts.min() < k:
+            raise PipelineError(
+                "mil.inner_folds",
+                f"fold {fold}'s training part has {int(counts.min())} case(s) of {counts.idxmin()!r}, "
+                f"too few for {k} inner folds (mil.selection selects inside the training part)",
+                "Use mil.selection: holdout, fewer inner folds (mil.inner_folds >= 2) or fewer folds.",
+            )
+
+
 def repeat_seed(seed: int, repeat: int | None) -> int:
     """The seed of repeat ``repeat``'s fold assignment (repeat 0 or None: ``seed`` itself)."""
     return int(seed) + int(repeat or 0)

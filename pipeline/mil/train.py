@@ -34,14 +34,17 @@ from pipeline.mil.inference import run_inference
 from pipeline.mil.loop import FitResult, fit
 from pipeline.mil.metrics import OPTIMISTIC_NOTE
 from pipeline.mil.models import create_mil_model, method_info
+from pipeline.mil.models.ensemble import members
 from pipeline.mil.precision import deterministic, seed_everything, training_precision
-from pipeline.mil.selection import Ensemble, fit_fold_selected
+from pipeline.mil.selection import fit_fold_selected
 from pipeline.mil.splits import fold_roles
 from pipeline.mil.tasks import Task
 from pipeline.settings import MILSettings
 
 log = get_logger("mil.train")
 ROLES = ("train", "val", "test")
+# metrics.json key of the inner models' out-of-fold outputs on the training part (inner selection)
+OUT_OF_FOLD = "inner_out_of_fold"
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,9 @@ class FoldPlan:
 
     @property
     def threshold_role(self) -> str:
-        """The part the Youden threshold comes from (in-sample ``train`` under inner selection)."""
-        return "train" if self.inner else self.select_role
+        """The part the Youden threshold comes from: under inner selection the training cases scored
+        out of fold by the inner models (not in-sample: those outputs are over-confident)."""
+        return OUT_OF_FOLD if self.inner else self.select_role
 
     @property
     def select_role(self) -> str:
@@ -85,8 +89,10 @@ class FoldResult:
 
 
 def count_parameters(model: torch.nn.Module) -> int:
-    """Trainable parameters (an MHIM teacher, updated only by EMA, is not counted)."""
-    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+    """Trainable parameters of one model of the method (an MHIM teacher, updated only by EMA, is not
+    counted; an ensemble counts one member: the efficiency table compares methods, not selections)."""
+    one = members(model)[0]
+    return int(sum(p.numel() for p in one.parameters() if p.requires_grad))
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
@@ -146,8 +152,11 @@ def build_model(
     device: torch.device,
     fold: int,
     teacher_init: str | os.PathLike | None,
+    inner: int | None = None,
 ) -> tuple[torch.nn.Module, str | None]:
-    """``(model on device, teacher folder or None)``; an MHIM model's teacher is the fold's baseline."""
+    """``(model on device, teacher folder or None)``; an MHIM model's teacher is the fold's baseline
+    (for inner-CV model ``inner``, the baseline's inner model of the same inner fold, when the
+    baseline was saved as an ensemble)."""
     model = create_mil_model(method, in_dim, n_outputs, settings).to(device)
     if not getattr(model, "needs_teacher", False):
         if teacher_init is not None:
@@ -163,12 +172,12 @@ def build_model(
             f"Train it first (wsi-mil train --method {baseline} ...) and pass --teacher-init DIR.",
         )
     folder = FoldFolder(teacher_init)
-    model.load_teacher(folder.teacher_state(method, baseline, fold, in_dim, n_outputs))
+    model.load_teacher(folder.teacher_state(method, baseline, fold, in_dim, n_outputs, inner))
     return model.to(device), str(folder.path)
 
 
 def score_parts(
-    model: torch.nn.Module | Ensemble,
+    model: torch.nn.Module,
     task: Task,
     plan: FoldPlan,
     device: torch.device,
@@ -177,10 +186,7 @@ def score_parts(
     """Outputs of every role's bags, and the test part's inference speed in slides per second."""
     outputs, speed = {}, None
     for role, role_bags in plan.parts.items():
-        if isinstance(model, Ensemble):
-            outputs[role], seconds = model.run(task, role_bags, device, precision)
-        else:
-            outputs[role], _, seconds = run_inference(model, task, role_bags, device, precision)
+        outputs[role], _, seconds = run_inference(model, task, role_bags, device, precision)
         if role == "test":
             slides = sum(len(b.slide_ids) for b in role_bags)
             speed = slides / seconds if seconds > 0 else None
@@ -270,8 +276,10 @@ def _fit_plan(method, task, plan, settings, device, in_dim, precision, teacher_i
         )  # fmt: skip
         return fitted, model, model, teacher
 
-    def build() -> torch.nn.Module:
-        return build_model(method, in_dim, n_out, settings, device, plan.fold, teacher_init)[0]
+    def build(inner: int | None = None) -> torch.nn.Module:
+        return build_model(method, in_dim, n_out, settings, device, plan.fold, teacher_init, inner)[
+            0
+        ]
 
     test_cases = [b.case_id for b in plan.parts["test"]]
     fitted, predictor, model = fit_fold_selected(
@@ -314,10 +322,10 @@ def train_fold(
             method, task, plan, settings, device, in_dim, precision, teacher_init
         )
         outputs, speed = score_parts(predictor, task, plan, device, precision)
-    scored = task.metrics(
-        {r: (plan.parts[r], outputs[r]) for r in plan.parts if plan.parts[r]},
-        threshold_role=plan.threshold_role,
-    )
+    parts = {r: (plan.parts[r], outputs[r]) for r in plan.parts if plan.parts[r]}
+    if fitted.out_of_fold is not None:  # inner selection: each training case scored out of fold
+        parts[OUT_OF_FOLD] = fitted.out_of_fold
+    scored = task.metrics(parts, threshold_role=plan.threshold_role)
     efficiency = {
         "parameters": count_parameters(model),
         "train_seconds_per_epoch": fitted.train_seconds_per_epoch,

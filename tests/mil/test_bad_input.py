@@ -168,7 +168,18 @@ def test_train_with_stale_splits_is_one_line(cohort, tmp_path, capsys):
         tmp_path / "old.csv", index=False
     )  # the splits' table had half the cases
     assert (
-        _cli(capsys, "splits", tmp_path / "old.csv", "-o", tmp_path / "s.csv", "--folds", 2)[0] == 0
+        _cli(
+            capsys,
+            "splits",
+            tmp_path / "old.csv",
+            "-o",
+            tmp_path / "s.csv",
+            "--folds",
+            2,
+            "--selection",
+            "holdout",
+        )[0]
+        == 0
     )
     code, lines = _cli(
         capsys, "train", "--features", root / "features", "--labels", root / "labels.csv",

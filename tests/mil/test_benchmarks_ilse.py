@@ -40,6 +40,7 @@ SETTINGS = [
     "patience=15",
     "monitor=loss",
     "threshold=argmax",
+    "selection=holdout",  # the published protocol: one model per fold, early stopping on a val part
 ]
 
 

@@ -65,9 +65,12 @@ def test_train_writes_every_output_and_reports_the_missing_slide(cohort, tmp_pat
     state = torch.load(out / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())  # a state dict only
     hist = pd.read_csv(out / "history.csv")
+    # the default selection (ensemble): the inner models' mean losses and AUC per epoch
     assert list(hist.columns) == [
-        "epoch", "train_loss", "val_loss", "val_auc", "lr", "train_seconds", "best",
+        "epoch", "train_loss", "inner_loss", "inner_auc", "inner_auc_smoothed", "lr",
+        "train_seconds", "best",
     ]  # fmt: skip
+    assert hist["best"].sum() == 1 and np.isfinite(hist[["train_loss", "inner_loss"]]).all().all()
     assert len(hist) == 3
     pred = pd.read_csv(
         out / "predictions.csv", dtype={"slide_id": str, "case_id": str, "label": str}

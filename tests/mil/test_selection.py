@@ -59,7 +59,7 @@ def test_inner_cv_never_reads_the_outer_test_fold():
     cfg = CFG.replace(inner_folds=3)
     seed_everything(0)
     sel = fit_selected(
-        lambda: create_mil_model("abmil", 8, 2, cfg),
+        lambda _inner=None: create_mil_model("abmil", 8, 2, cfg),
         task,
         train,
         cfg,
@@ -83,7 +83,7 @@ def test_a_test_fold_case_in_the_training_part_is_refused():
     task, bags, _, _ = _cohort()
     with pytest.raises(PipelineError, match="test-fold case"):
         fit_selected(
-            lambda: create_mil_model("abmil", 8, 2, CFG),
+            lambda _inner=None: create_mil_model("abmil", 8, 2, CFG),
             task,
             bags,
             CFG,

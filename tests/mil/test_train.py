@@ -38,7 +38,11 @@ def planted_run(tmp_path_factory):
     bags = task.make_bags(FeatureBank.from_arrays(arrays))
     strata, val_strata = task.case_strata()
     splits = make_splits(strata, 3, 0, 0.3, val_strata)
-    cfg = mil_settings(None, ["epochs=15", "patience=8", "hidden_dim=128", "lr=5e-4"])
+    # the holdout trainer (one model per fold, early stopping on the val part): each method must learn
+    # the signal by itself; the default ensemble selection is tested in test_ensemble_fold.py
+    cfg = mil_settings(
+        None, ["epochs=15", "patience=8", "hidden_dim=128", "lr=5e-4", "selection=holdout"]
+    )
     root = tmp_path_factory.mktemp("planted")
     done: dict[str, dict] = {}
 

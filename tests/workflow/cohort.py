@@ -129,8 +129,15 @@ def workflow_config(cohort: Path, **sections) -> dict:
             },
         ],
         "features": {"encoders": [ENCODER], "batch_size": 64, "workers": 0, "device": "cpu"},
-        # 20 epochs of tiny bags cost seconds; 2 left AB-MIL's attention untrained (uniform)
-        "mil": {"methods": ["abmil", "mhim_abmil"], "folds": 2, "epochs": 20, "patience": 10},
+        # 20 epochs of tiny bags cost seconds; 2 left AB-MIL's attention untrained (uniform). 6 cases
+        # in 2 folds leave 1-2 per class to train on: too few for the default inner selection
+        "mil": {
+            "methods": ["abmil", "mhim_abmil"],
+            "folds": 2,
+            "epochs": 20,
+            "patience": 10,
+            "selection": "holdout",
+        },
     }
     config.update(sections)
     return config

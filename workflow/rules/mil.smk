@@ -40,10 +40,14 @@ rule splits:
         val_fraction=MIL["val_fraction"],
         bins=MIL["survival_bins"],
         repeat=lambda w: f"--repeat {w.repeat}" if REPEAT else "",
+        # the folds are checked against the inner selection they will be trained with (none under paper)
+        selection="holdout" if MIL["protocol"] == "paper" else MIL["selection"],
+        inner_folds=MIL["inner_folds"],
     shell:
         "wsi-mil splits {input.table:q} -o {output:q} --task-type {params.task_type}"
         " --folds {params.folds} --seed {params.seed} --val-fraction {params.val_fraction}"
-        " --survival-bins {params.bins} {params.repeat} > {log:q} 2>&1"
+        " --survival-bins {params.bins} {params.repeat} --selection {params.selection}"
+        " --inner-folds {params.inner_folds} > {log:q} 2>&1"
 
 
 # One model per task x encoder x method x fold. A method with a teacher (MHIM) also declares its
