@@ -35,7 +35,7 @@ from honest_sets import SETS, true_risk_c_index  # noqa: E402
 from pipeline.mil import metrics as M  # noqa: E402
 from pipeline.mil.survival import concordance_index  # noqa: E402
 
-SELECTED = ("inner_cv", "ensemble", "inner_cv_swa", "fixed")
+SELECTED = ("inner_cv", "ensemble", "inner_cv_swa", "fixed", "ensemble_full")
 VARIANTS = ("reference", "meanpool", "holdout", "paper", *SELECTED)
 
 

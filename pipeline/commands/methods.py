@@ -19,14 +19,16 @@ NOTES = """
 Training and selection (mil keys; apply to every method; defaults: selection={selection},
 inner_folds={inner_folds}, accumulate={accumulate}, survival_loss={survival_loss}):
   selection    how the model of an outer fold is chosen without the test fold (protocol: holdout):
-               ensemble     (default) inner_folds-fold CV of the training part (val part merged in;
-                            the inner models train together and stop after `patience` epochs without
-                            a better mean inner score); the inner models at the best epoch average
+               ensemble_full (default) inner_folds-fold CV of the training part (val part
+                            merged in; the inner models train together and stop after `patience`
+                            epochs without a better mean inner score; e* = the best epoch), then one
+                            model on the whole training part to e*; the inner models and it average
                             their outputs. model.pt holds all of them: `wsi-mil predict` and heatmaps
-                            apply exactly what was evaluated. The best honest variant on every
-                            synthetic set measured; costs ~inner_folds trainings per fold
-               inner_cv     the same inner CV chooses the epoch count; one model is then trained on
-                            the whole training part for that many epochs
+                            apply exactly what was evaluated. The only variant within 0.05 of the
+                            optimistic protocol on every synthetic set measured; ~inner_folds + 1
+                            trainings per fold
+               ensemble     the inner models at e* only (no whole-part model)
+               inner_cv     the whole-part model at e* only
                inner_cv_swa inner_cv with its weights averaged over epochs [e*/2, e*]
                holdout      early stop on the val_fraction part (a dozen cases in a 100-case cohort):
                             the classic protocol, one training per fold

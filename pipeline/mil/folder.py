@@ -52,10 +52,8 @@ class FoldFolder:
         """model.pt (state dict), model.json, history.csv, predictions.csv, then metrics.json — each atomic."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.file("metrics").unlink(missing_ok=True)  # a re-run is incomplete until it is rewritten
-        if hasattr(
-            model, "members"
-        ):  # selection: ensemble (EnsembleMIL): how many models model.pt holds
-            meta = {**meta, "ensemble": len(model.members)}
+        if hasattr(model, "members"):  # an ensemble selection: the models model.pt holds
+            meta = {**meta, "ensemble": len(model.members), "ensemble_members": model.labels}
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         save_tensors(state, self.file("model"))  # a full disk is one line naming model.pt
         write_json(self.file("model_json"), meta)
@@ -108,7 +106,8 @@ class FoldFolder:
         if meta.get("ensemble"):
             from pipeline.mil.models.ensemble import EnsembleMIL
 
-            model = EnsembleMIL([build() for _ in range(int(meta["ensemble"]))])
+            k = int(meta["ensemble"])
+            model = EnsembleMIL([build() for _ in range(k)], meta.get("ensemble_members"))
         else:
             model = build()
         state = load_tensors(weights, "model weights", "Re-train this fold.")
@@ -134,10 +133,11 @@ class FoldFolder:
     ) -> dict[str, Any]:
         """The state dict of this fold's ``baseline`` model, to initialise ``method``'s teacher.
 
-        A baseline saved as an ensemble (``selection: ensemble``) gives its inner model ``member``: the
-        one trained on the same inner training cases as the MHIM inner model it initialises (the
-        inner splits are a function of the outer training part and the seed); ``member=None`` (a model
-        trained on the whole training part) takes its first member. Every mismatch (another method,
+        A baseline saved as an ensemble (``selection: ensemble_full`` / ``ensemble``) gives its inner
+        model ``member``: the one trained on the same inner training cases as the MHIM inner model it
+        initialises (the inner splits are a function of the outer training part and the seed);
+        ``member=None`` (a model trained on the whole training part) takes the baseline's
+        whole-training-part member, or its first member when it has none. Every mismatch (another method,
         fold, feature width or number of outputs) is a PipelineError.
         """
 
@@ -165,11 +165,15 @@ class FoldFolder:
         k = int(meta.get("ensemble") or 0)
         if not k:
             return state
-        index = 0 if member is None else int(member)
+        labels = meta.get("ensemble_members") or [f"inner{i}" for i in range(k)]
+        if member is None:  # a whole-training-part model: the baseline's own, else its first member
+            index = labels.index("whole") if "whole" in labels else 0
+        else:
+            index = int(member)
         if index >= k:
             raise PipelineError(
                 self.path,
-                f"the {baseline} ensemble has {k} inner models, {method} needs inner model {index + 1}",
+                f"the {baseline} ensemble has {k} models, {method} needs model {index + 1}",
                 f"Train {baseline} and {method} with the same mil.inner_folds.",
             )
         prefix = f"members.{index}."

@@ -8,8 +8,8 @@ bags (``bench/honest_default.py``'s SETTINGS: 12 epochs, width 16, lr 5e-3, the 
 
 The survival half: dense survival bags (the log-hazard linear in the fraction of shifted
 instances), the C-index within 0.03 of ridge Cox on bag means. It failed until the default selection
-became ``ensemble`` (the inner-CV models averaged) and ``abmil_std``'s attention width followed its
-embedding width (BENCHMARKS.md, "Honest MIL", fourth session)."""
+became ``ensemble_full`` (the inner-CV models and the whole-part model averaged) and ``abmil_std``'s
+attention width followed its embedding width (BENCHMARKS.md, "Honest MIL", fourth session)."""
 
 from __future__ import annotations
 

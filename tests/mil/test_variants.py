@@ -109,11 +109,11 @@ def test_variant_folds_use_the_teachers_of_the_full_method(variant_cv):
             full_state = torch.load(
                 variant_cv / "mhim_abmil" / part / "model.pt", weights_only=True
             )
-            # the default selection saves the 3 inner models: members.{i}.grn.*
+            # the default selection saves the 3 inner models and the whole-part one: members.{i}.grn.*
             assert any(k.startswith("members.0.grn.") for k in full_state)
     # `wsi-mil predict` rebuilds the variant from model.json (base method + its settings)
     model, _ = FoldFolder(variant_cv / "no_grn" / "repeat1" / "fold0").load_model("cpu")
-    assert len(model.members) == 3 and all(m.grn is None for m in model.members)
+    assert len(model.members) == 4 and all(m.grn is None for m in model.members)
 
 
 def test_variant_appears_under_its_own_name_in_the_summary(variant_cv):

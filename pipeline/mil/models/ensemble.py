@@ -19,11 +19,18 @@ from torch import nn
 class EnsembleMIL(nn.Module):
     """``members`` (same method, same shapes) averaged in output space; one member is plain inference."""
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module], labels: Sequence[str] | None = None) -> None:
+        """``labels``: what each member is (``inner0`` ... the inner-fold models, ``whole`` the model
+        trained on the whole training part); recorded in model.json."""
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
+        self.labels = (
+            list(labels) if labels is not None else [f"inner{i}" for i in range(len(members))]
+        )
+        if len(self.labels) != len(self.members):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.members)} members")
         self.name = getattr(members[0], "name", type(members[0]).__name__)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
