@@ -94,8 +94,7 @@ def _splits(out: Path, task, settings, folds: int, repeat: int | None, log, made
     strata, val_strata = task.case_strata()
     seed = repeat_seed(settings.seed, repeat)
     splits = make_splits(strata, folds, seed, settings.val_fraction, val_strata)
-    if settings.protocol == "holdout" and settings.selection != "holdout":
-        check_inner_folds(splits, val_strata, settings.inner_folds)
+    check_inner_folds(splits, val_strata, settings)
     write_text(path, splits.to_csv(index=False))
     return splits
 

@@ -8,7 +8,7 @@ bin, the validation part by event. All methods of a task share this file, so the
 With --repeat r the folds are those of repeat r of repeated CV (seed + r; ``mil.repeats``).
 Folds, seed, validation fraction and survival bins come from the `mil` section of --config (the schema
 defaults without it), like every other command; the flags override them. Under an inner selection
-(`mil.selection`, default `ensemble`) every training part must hold `mil.inner_folds` cases of each class
+(`mil.selection`, default `ensemble_full`) every training part must hold `mil.inner_folds` cases of each class
 (survival: events and censored cases): a cohort too small for it is refused here, before any training.
 """
 
@@ -88,8 +88,7 @@ def run(args) -> int:
     strata, val_strata = task.case_strata()
     seed = repeat_seed(settings.seed, args.repeat)
     splits = make_splits(strata, settings.folds, seed, settings.val_fraction, val_strata)
-    if settings.protocol == "holdout" and settings.selection != "holdout":
-        check_inner_folds(splits, val_strata, settings.inner_folds)
+    check_inner_folds(splits, val_strata, settings)
     write_text(args.output, splits.to_csv(index=False))
     counts = splits.groupby(["fold", "role"]).size().unstack(fill_value=0)
     log.info(

@@ -69,9 +69,8 @@ class EpochRunner:
         )
         self.rng = np.random.default_rng(settings.seed)
         self.epoch = 0
-        self.torch_rng = _torch_rng(
-            device
-        )  # its own dropout / masking draws, whatever runs between
+        # its own dropout / masking draws, whatever runs between its epochs
+        self.torch_rng = _torch_rng(device)
 
     def step(self) -> float:
         """Train one more epoch; its mean training loss (on the runner's own torch random stream, so
@@ -195,9 +194,8 @@ class Selected:
     best_epoch: int
     inner_scores: np.ndarray  # [inner fold, epoch]
     out_of_fold: tuple[list[Bag], np.ndarray]  # inner validation bags, their outputs at best_epoch
-    epoch_rows: list[
-        dict[str, float]
-    ]  # per epoch: mean train / inner loss, lr, seconds (all models)
+    # per epoch: mean train / inner loss, lr, seconds (all models)
+    epoch_rows: list[dict[str, float]]
     variants: dict[str, Ensemble] = field(default_factory=dict)
     seen_case_ids: set[str] = field(default_factory=set)
 
@@ -338,8 +336,8 @@ def fit_fold_selected(
 ) -> tuple[FitResult, torch.nn.Module, torch.nn.Module]:
     """One outer fold under ``settings.selection``: ``(fit record, predictor, model to save)``.
 
-    The predictor and the saved model are the same: the chosen variant's one model, or for ``ensemble``
-    an :class:`EnsembleMIL` of the inner models, so ``wsi-mil predict`` and heatmaps apply exactly what
+    The predictor and the saved model are the same: the chosen variant's one model, or for
+    ``ensemble_full`` / ``ensemble`` an :class:`EnsembleMIL` of its models, so ``wsi-mil predict`` and heatmaps apply exactly what
     the fold's test metrics were computed with.
     """
     if settings.selection not in SELECTIONS:

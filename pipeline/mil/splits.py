@@ -121,14 +121,18 @@ def make_splits(
     return pd.concat(rows, ignore_index=True)
 
 
-def check_inner_folds(splits: pd.DataFrame, strata: pd.Series, k: int) -> None:
-    """Every fold's training part (train + val) can be cross-validated in ``k`` inner folds.
+def check_inner_folds(splits: pd.DataFrame, strata: pd.Series, settings) -> None:
+    """Every fold's training part (train + val) can be cross-validated in ``settings.inner_folds``
+    inner folds, when ``settings`` select inside the training part (no check otherwise).
 
-    Inner selection (``mil.selection`` ``ensemble`` / ``inner_cv`` / ...) splits each outer training part
+    Inner selection (``mil.selection`` ``ensemble_full`` / ``inner_cv`` / ...) splits each outer training part
     by case, stratified by ``strata`` (class, or event for survival); a class with fewer than ``k``
     training cases in some fold would stop that fold's training mid-run. Checked when the folds are
     written, before any training starts.
     """
+    if settings.protocol != "holdout" or settings.selection == "holdout":
+        return
+    k = settings.inner_folds
     strata = strata.astype(str)
     for fold, part in splits[splits["role"] != "test"].groupby("fold"):
         counts = strata.reindex(part["case_id"]).value_counts()

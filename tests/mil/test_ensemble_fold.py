@@ -20,6 +20,7 @@ from pipeline.mil.inference import run_inference
 from pipeline.mil.models.ensemble import EnsembleMIL
 from pipeline.mil.scores import score_bag
 from pipeline.mil.splits import check_inner_folds, make_splits
+from pipeline.settings import mil_settings
 
 from .conftest import planted_bags, write_features
 
@@ -151,5 +152,9 @@ def test_a_cohort_too_small_for_inner_folds_is_refused_when_the_folds_are_drawn(
     strata = labels.set_index("case_id")["label"]
     splits = make_splits(strata, folds=2, seed=0)
     with pytest.raises(PipelineError, match="too few for 3 inner folds"):
-        check_inner_folds(splits, strata, 3)
-    check_inner_folds(splits, strata, 1)  # the check itself has no other condition
+        check_inner_folds(splits, strata, mil_settings(None, []))  # the defaults
+    with pytest.raises(PipelineError, match="too few for 2 inner folds"):
+        check_inner_folds(splits, strata, mil_settings(None, ["inner_folds=2"]))
+    # nothing is selected inside the training part: nothing to check
+    check_inner_folds(splits, strata, mil_settings(None, ["selection=holdout"]))
+    check_inner_folds(splits, strata, mil_settings(None, ["protocol=paper"]))
