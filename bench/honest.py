@@ -32,8 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from honest_sets import SETS, true_risk_c_index  # noqa: E402
 
-from pipeline.mil import metrics as M  # noqa: E402
-from pipeline.mil.survival import concordance_index  # noqa: E402
+from pipeline.stats.metrics import auc, concordance_index  # noqa: E402
 
 SELECTED = ("inner_cv", "ensemble", "inner_cv_swa", "fixed", "ensemble_full")
 VARIANTS = ("reference", "meanpool", "holdout", "paper", *SELECTED)
@@ -45,7 +44,7 @@ def score(task, bags, values) -> float:
     if task.type == "classification":
         labels = np.array([int(b.target) for b in bags])
         v = values if values.ndim == 1 else values[:, -1]
-        return M.auc(labels, np.stack([1 - v, v], axis=1))
+        return auc(labels, np.stack([1 - v, v], axis=1))
     t = np.array([b.target[1] for b in bags])
     e = np.array([b.target[2] for b in bags])
     return concordance_index(t, e, values if values.ndim == 1 else values[:, 0])

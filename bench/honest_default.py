@@ -21,17 +21,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.honest_sets import survival_set  # noqa: E402
-from pipeline.mil import metrics as M  # noqa: E402
 from pipeline.mil.data import FeatureBank  # noqa: E402
 from pipeline.mil.models import create_mil_model  # noqa: E402
 from pipeline.mil.precision import seed_everything  # noqa: E402
 from pipeline.mil.reference import reference_scores  # noqa: E402
 from pipeline.mil.selection import fit_selected  # noqa: E402
 from pipeline.mil.splits import fold_roles, make_splits  # noqa: E402
-from pipeline.mil.survival import concordance_index  # noqa: E402
 from pipeline.mil.tasks import ClassificationTask, SurvivalTask  # noqa: E402
 from pipeline.mil.train import assign_roles, train_fold  # noqa: E402
 from pipeline.settings import MILSettings  # noqa: E402
+from pipeline.stats.metrics import auc, concordance_index  # noqa: E402
 from tests.mil.conftest import planted_bags  # noqa: E402
 
 SETTINGS = {"epochs": 12, "hidden_dim": 16, "dropout": 0.25, "seed": 0, "lr": 5e-3}
@@ -66,7 +65,7 @@ def _score(task, bags, outputs) -> float:
         t = np.array([b.target[1] for b in bags])
         e = np.array([b.target[2] for b in bags])
         return concordance_index(t, e, np.asarray(outputs)[:, 0])
-    return M.auc(np.array([b.target for b in bags]), outputs)
+    return auc(np.array([b.target for b in bags]), outputs)
 
 
 def five_fold_bags(task, bags, method: str, variant: str, keys=None) -> tuple[float, float]:

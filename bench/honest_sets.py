@@ -122,7 +122,7 @@ def survival_set(
 
 def true_risk_c_index(s: SyntheticSet) -> float:
     """C-index of the true log-hazard on the whole set (the ceiling a model can reach)."""
-    from pipeline.mil.survival import concordance_index
+    from pipeline.stats.metrics import concordance_index
 
     t = np.array([b.target[1] for b in s.bags])
     e = np.array([b.target[2] for b in s.bags])

@@ -85,9 +85,9 @@ def fold_lines(work: Path, data: Path) -> dict[str, list[float]]:
     from pipeline.mil.data import FeatureBank
     from pipeline.mil.reference import reference_scores
     from pipeline.mil.splits import fold_roles
-    from pipeline.mil.survival import concordance_index
     from pipeline.mil.tasks import SurvivalTask
     from pipeline.mil.train import assign_roles
+    from pipeline.stats.metrics import concordance_index
 
     out = Layout(str(work / "results"))
     task = SurvivalTask.from_csv(data / "survival.csv", data / "labels.csv")

@@ -115,6 +115,32 @@ def run_group(
     return [outcomes[i] for i in range(len(jobs))]
 
 
+def run_extraction(
+    slide_path: str | os.PathLike,
+    tiles_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    encoder_name: str,
+    weights: str,
+    options: ExtractOptions,
+    record_failure: bool = False,
+) -> dict[str, Any]:
+    """The whole one-slide ``wsi-mil extract`` job: empty/failed tile stores give an empty feature
+    store without building the model; otherwise build the encoder and extract.
+
+    With ``record_failure``, a slide whose pixels cannot be read publishes an empty store marked
+    ``failed`` with the error (as ``wsi-mil tile --record-failure`` does), so the cohort goes on.
+    """
+    outcome = run_group(
+        [SlideJob(Path(slide_path), Path(tiles_path), Path(out_path))],
+        encoder_name,
+        weights,
+        options,
+        record_failure=record_failure,
+        raise_errors=True,
+    )[0]
+    return outcome.result
+
+
 def _write_empty(job, tiles, spec, weights, options, extra) -> Outcome:
     why = (
         f"tiling failed ({tiles.attrs.get('error', 'no reason recorded')})"

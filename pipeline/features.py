@@ -58,7 +58,6 @@ __all__ = [
     "read_tiles",
     "resolve_device",
     "resolve_precision",
-    "run_extraction",
 ]
 
 DTYPES = ("float16", "float32")
@@ -348,31 +347,3 @@ def _checked(features: np.ndarray, dim: int, dtype: str, where, precision: str) 
             "Use --precision fp32 or --dtype float32.",
         )
     return out
-
-
-def run_extraction(
-    slide_path: str | os.PathLike,
-    tiles_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    encoder_name: str,
-    weights: str,
-    options: ExtractOptions,
-    record_failure: bool = False,
-) -> dict[str, Any]:
-    """The whole one-slide ``wsi-mil extract`` job: empty/failed tile stores give an empty feature
-    store without building the model; otherwise build the encoder and extract.
-
-    With ``record_failure``, a slide whose pixels cannot be read publishes an empty store marked
-    ``failed`` with the error (as ``wsi-mil tile --record-failure`` does), so the cohort goes on.
-    """
-    from pipeline.extract_group import SlideJob, run_group
-
-    outcome = run_group(
-        [SlideJob(Path(slide_path), Path(tiles_path), Path(out_path))],
-        encoder_name,
-        weights,
-        options,
-        record_failure=record_failure,
-        raise_errors=True,
-    )[0]
-    return outcome.result

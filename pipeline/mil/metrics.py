@@ -16,30 +16,12 @@ import warnings
 
 import numpy as np
 
-CLASSIFICATION_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1")
+from pipeline.stats.metrics import CLASSIFICATION_METRICS, auc
+
 OPTIMISTIC_NOTE = (
     "protocol 'paper': the test fold selected the epoch and the threshold, as in the published code; "
     "these figures are OPTIMISTIC and not comparable with held-out validation results"
 )
-
-
-def auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """ROC AUC (binary) or macro one-vs-rest AUC (multi-class) of class-probability rows; NaN if undefined."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels, dtype=int)
-    probs = np.asarray(probs, dtype=float)
-    n_classes = probs.shape[1]
-    present = np.unique(labels)
-    if len(present) < 2:
-        return float("nan")
-    if n_classes == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    if len(present) < n_classes:
-        # macro OvR over the classes present in this part (sklearn's multi-class call needs them all)
-        aucs = [roc_auc_score(labels == c, probs[:, c]) for c in present]
-        return float(np.mean(aucs))
-    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
 
 
 def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -82,22 +82,3 @@ def nll_loss(
 def risk_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Risk ``-sum_k S_k`` per bag (``[B]``): higher means shorter expected survival."""
     return -survival_curve(logits).sum(dim=1)
-
-
-def concordance_index(times, events, risks) -> float:
-    """Harrell's C-index (scikit-survival's ``concordance_index_censored``); NaN if no pair is comparable.
-
-    Ties in risk count one half; an event and a censoring at the same time form a comparable pair.
-    """
-    from sksurv.exceptions import NoComparablePairException
-    from sksurv.metrics import concordance_index_censored
-
-    times = np.asarray(times, dtype=float)
-    events = np.asarray(events).astype(bool)
-    risks = np.asarray(risks, dtype=float)
-    if events.sum() == 0 or len(times) < 2:
-        return float("nan")
-    try:
-        return float(concordance_index_censored(events, times, risks)[0])
-    except NoComparablePairException:
-        return float("nan")

@@ -34,6 +34,7 @@ from pipeline.mil import metrics as M
 from pipeline.mil import survival as S
 from pipeline.mil.data import Bag, FeatureBank
 from pipeline.settings import MILSettings
+from pipeline.stats.metrics import auc, concordance_index
 
 log = get_logger("mil.task")
 TASK_TYPES = ("classification", "survival")
@@ -219,7 +220,7 @@ class ClassificationTask(Task):
         return np.array([int(b.target) for b in bags], dtype=int)
 
     def selection_score(self, bags: Sequence[Bag], outputs: np.ndarray) -> float:
-        return M.auc(self._labels(bags), outputs) if len(bags) else float("nan")
+        return auc(self._labels(bags), outputs) if len(bags) else float("nan")
 
     def configure(self, settings: MILSettings) -> None:
         self.threshold_policy = settings.threshold
@@ -421,14 +422,14 @@ class SurvivalTask(Task):
         if not len(bags):
             return float("nan")
         t, e = self._tte(bags)
-        return S.concordance_index(t, e, np.asarray(outputs)[:, 0])
+        return concordance_index(t, e, np.asarray(outputs)[:, 0])
 
     def metrics(self, parts, threshold_role):
         result: dict[str, Any] = {}
         for role, (bags, out) in parts.items():
             t, e = self._tte(bags)
             result[role] = {
-                "c_index": S.concordance_index(t, e, np.asarray(out)[:, 0])
+                "c_index": concordance_index(t, e, np.asarray(out)[:, 0])
                 if len(bags)
                 else float("nan"),
                 "events": int(e.sum()),

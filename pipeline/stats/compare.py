@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.mil.metrics import CLASSIFICATION_METRICS
 from pipeline.stats import bootstrap as B
 from pipeline.stats import delong as D
 from pipeline.stats import metrics as SM
 from pipeline.stats import repeated as R
+from pipeline.stats.metrics import CLASSIFICATION_METRICS
 
 MAIN_METRIC = {"classification": "auc", "survival": "c_index"}
 DISPLAY = {"auc": "AUC", "c_index": "C-index", "accuracy": "accuracy", "f1": "F1"}

@@ -1,17 +1,21 @@
-"""The project's metrics as callables for resampling, with a vectorised form where one is cheap.
+"""The project's metrics: their point estimates (AUC, C-index) and their forms for resampling.
+
+They live here, not in :mod:`pipeline.mil`, because ``stats`` is a foundation the MIL stage uses:
+training, evaluation and the statistics compute a metric with the same function, and ``stats``
+imports nothing of ``mil``. Both import no torch (scikit-learn and scikit-survival on first use).
 
 Accuracy, balanced accuracy and F1 are functions of the confusion matrix, and a bootstrap replicate's
 confusion matrix is the row counts times a one-hot table, so all replicates come from one matrix
-product. They follow :mod:`pipeline.mil.metrics` (F1 of the positive = last class for two classes,
-macro F1 over all classes otherwise, 0 where undefined; balanced accuracy = mean recall over the
-classes present) and take the *hard* predictions already made with each fold's threshold.
+product. They follow :func:`pipeline.mil.metrics.classification_metrics` (F1 of the positive = last
+class for two classes, macro F1 over all classes otherwise, 0 where undefined; balanced accuracy =
+mean recall over the classes present) and take the *hard* predictions already made with each fold's
+threshold.
 
-AUC: the point estimate is the project's ``pipeline.mil.metrics.auc`` (binary, or macro one-vs-rest).
-Its replicates use the Mann–Whitney form with case counts as weights (a positive's weight times the
-weight of the negatives it outscores, ties one half), sorted once, for every replicate at once; the
-tests check it equals the project's function on resampled rows. The C-index is the project's
-``pipeline.mil.survival.concordance_index``, called once per replicate; that module uses torch, so it
-is imported on first use only: ``pipeline.stats`` itself imports no torch.
+AUC: the point estimate is :func:`auc` (binary, or macro one-vs-rest). Its replicates use the
+Mann–Whitney form with case counts as weights (a positive's weight times the weight of the negatives
+it outscores, ties one half), sorted once, for every replicate at once; the tests check it equals
+:func:`auc` on resampled rows. The C-index is :func:`concordance_index` (Harrell's), called once per
+replicate.
 """
 
 from __future__ import annotations
@@ -21,7 +25,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.mil import metrics as M
+CLASSIFICATION_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1")
+
+
+def auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC (binary) or macro one-vs-rest AUC (multi-class) of class-probability rows; NaN if undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    n_classes = probs.shape[1]
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    if n_classes == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    if len(present) < n_classes:
+        # macro OvR over the classes present in this part (sklearn's multi-class call needs them all)
+        aucs = [roc_auc_score(labels == c, probs[:, c]) for c in present]
+        return float(np.mean(aucs))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+
+
+def concordance_index(times, events, risks) -> float:
+    """Harrell's C-index (scikit-survival's ``concordance_index_censored``); NaN if no pair is comparable.
+
+    Ties in risk count one half; an event and a censoring at the same time form a comparable pair.
+    """
+    from sksurv.exceptions import NoComparablePairException
+    from sksurv.metrics import concordance_index_censored
+
+    times = np.asarray(times, dtype=float)
+    events = np.asarray(events).astype(bool)
+    risks = np.asarray(risks, dtype=float)
+    if events.sum() == 0 or len(times) < 2:
+        return float("nan")
+    try:
+        return float(concordance_index_censored(events, times, risks)[0])
+    except NoComparablePairException:
+        return float("nan")
 
 
 @dataclass(frozen=True)
@@ -103,14 +145,8 @@ def _weighted_auc(counts, y, probs) -> np.ndarray:
 
 
 def _auc(y, probs) -> float:
-    return M.auc(y, probs)
-
-
-def _c_index(time, event, risk) -> float:
-    from pipeline.mil.survival import concordance_index  # torch: imported on use only
-
-    return concordance_index(time, event, risk)
+    return auc(y, probs)
 
 
 AUC = Metric("auc", _auc, _weighted_auc)
-C_INDEX = Metric("c_index", _c_index)
+C_INDEX = Metric("c_index", concordance_index)

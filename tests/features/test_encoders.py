@@ -22,7 +22,8 @@ import pipeline.encoders as encoders_module
 from pipeline.encoders import create_encoder, get_spec, list_encoders
 from pipeline.encoders.model import parameters_on_meta
 from pipeline.errors import PipelineError
-from pipeline.features import ExtractOptions, run_extraction
+from pipeline.extract_group import run_extraction
+from pipeline.features import ExtractOptions
 from pipeline.store import open_store
 
 SwiGLU, SiLU = timm.layers.SwiGLUPacked, torch.nn.SiLU

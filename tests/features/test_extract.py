@@ -21,6 +21,7 @@ from pipeline import patches as patches_module
 from pipeline.cli import main
 from pipeline.encoders import create_encoder, get_spec, list_encoders
 from pipeline.errors import PipelineError
+from pipeline.extract_group import run_extraction
 from pipeline.features import (
     ExtractOptions,
     chunk_size,
@@ -30,7 +31,6 @@ from pipeline.features import (
     read_tiles,
     resolve_device,
     resolve_precision,
-    run_extraction,
 )
 from pipeline.store import open_store, read_array
 

@@ -7,10 +7,10 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from pipeline.errors import PipelineError
-from pipeline.mil.metrics import auc as project_auc
-from pipeline.mil.survival import concordance_index
 from pipeline.stats import bootstrap as B
 from pipeline.stats import metrics as SM
+from pipeline.stats.metrics import auc as project_auc
+from pipeline.stats.metrics import concordance_index
 
 
 def _survival(n=80, seed=3):

@@ -8,9 +8,9 @@ import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from pipeline.errors import PipelineError
-from pipeline.mil.metrics import auc as project_auc
-from pipeline.mil.survival import concordance_index
 from pipeline.stats import MethodResults, compare_methods, summarise_method, summary_columns
+from pipeline.stats.metrics import auc as project_auc
+from pipeline.stats.metrics import concordance_index
 
 N_BOOT = 300
 
