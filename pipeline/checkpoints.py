@@ -49,7 +49,7 @@ def save_tensors(state: Mapping[str, Any], path: str | os.PathLike) -> None:
     """
     import torch
 
-    from pipeline.errors import FileSystemError, io_error
+    from pipeline.errors import FileSystemError, first_line, io_error
     from pipeline.store import atomic_path
 
     try:
@@ -64,7 +64,7 @@ def save_tensors(state: Mapping[str, Any], path: str | os.PathLike) -> None:
         )
         raise FileSystemError(
             path,
-            f"could not be written ({full}: {_free_text(free)}; PyTorch said: {_first_line(err)})",
+            f"could not be written ({full}: {_free_text(free)}; PyTorch said: {first_line(err)})",
             "Free space there (df -h) or write the results elsewhere, then re-run.",
         ) from err
 
@@ -82,30 +82,52 @@ def load_tensors(path: str | os.PathLike, what: str, remedy: str) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise PipelineError(path, f"cannot read {what} ({load_error_cause(err)})", remedy) from err
+        raise PipelineError(
+            path, f"cannot read {what} ({load_error_cause(err, path)})", remedy
+        ) from err
 
 
-def load_error_cause(err: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in words that never suggest unsafe loading."""
-    text = str(err).strip()
-    if "Weights only load failed" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
-        detail = next((line.strip() for line in detail if line.strip()), "")
-        if detail.startswith("Unsupported global"):
-            name = detail.split("GLOBAL", 1)[-1].split()[0] if "GLOBAL" in detail else "?"
-            return f"it holds Python objects, not only tensors: {name}"
+def load_error_cause(err: BaseException, path: str | os.PathLike | None = None) -> str:
+    """Why ``torch.load(weights_only=True)`` of ``path`` failed, in words that never suggest unsafe loading.
+
+    Decided by the exception's type and by asking torch which globals the file needs
+    (``torch.serialization.get_unsafe_globals_in_checkpoint``), not by reading torch's message: a
+    refused pickle is an ``UnpicklingError`` whose own text is advice, and the unpickler's reason is the
+    exception it replaced (``__context__``).
+    """
+    import pickle
+
+    from pipeline.errors import first_line
+
+    if isinstance(err, pickle.UnpicklingError):
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            return f"it holds Python objects, not only tensors: {unsafe[0]}"
+        inner = err.__context__ if isinstance(err.__context__, pickle.UnpicklingError) else None
+        detail = first_line(inner) if inner is not None else ""
+        if "weights_only" in detail:  # never relay PyTorch's advice to load unsafely
+            detail = ""
         return f"not a PyTorch tensor file: {detail[:120] or 'unreadable pickle'}"
-    if isinstance(err, EOFError) or not text:
+    if isinstance(err, EOFError) or not str(err).strip():
         return "the file is empty or cut short"
-    line = _first_line(err).split(". ", 1)[0]  # PyTorch appends paragraphs of advice
+    line = first_line(err).split(". ", 1)[0]  # PyTorch appends paragraphs of advice
     if "weights_only" in line:  # never relay PyTorch's advice to load unsafely
         return f"not a PyTorch tensor file ({type(err).__name__})"
     return line
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+def _unsafe_globals(path: str | os.PathLike | None) -> list[str]:
+    """The classes and functions a ``torch.save`` zip file would have to import (``[]`` when it
+    is not one, or this torch cannot say)."""
+    import torch
+
+    ask = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if path is None or ask is None:
+        return []
+    try:
+        return list(ask(str(path)))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: nothing to report
+        return []
 
 
 def _free_bytes(folder: Path) -> int | None:

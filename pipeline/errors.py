@@ -62,6 +62,13 @@ class FileSystemError(PipelineError):
     """
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), at most ``limit``
+    characters: libraries append paragraphs of advice that do not belong in a one-line error."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
+
+
 _IO_REMEDIES = {
     "ENOSPC": "The disk is full: free space there (df -h) or write the results elsewhere, then re-run.",
     "EDQUOT": "Your disk quota is used up: free space (quota -s) or write elsewhere, then re-run.",

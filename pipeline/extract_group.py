@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.features import Embedder, ExtractOptions, SlideWork, write_empty_features
 from pipeline.log import get_logger
 from pipeline.slides import slide_id
@@ -223,7 +223,7 @@ def run_sharded(
                     ) from None
                 continue
             if error is not None:
-                raise PipelineError("extract", f"worker on {devices[k]}: {error}", "See its log.")
+                raise worker_error(error, devices[k])
             received[k] = outcomes
         for p in procs:
             p.join()
@@ -244,7 +244,14 @@ def _shard_main(k, jobs, encoder_name, weights, options, threads, results, **kwa
     setup_logging()
     try:
         results.put((k, run_group(jobs, encoder_name, weights, options, **kwargs), None))
-    except PipelineError as err:
-        results.put((k, None, err.line()))
+    except PipelineError as err:  # pickled with its type (PipelineError.__reduce__)
+        results.put((k, None, err))
     except Exception as err:  # noqa: BLE001 - reported to the parent as one line
-        results.put((k, None, f"{type(err).__name__}: {err}"))
+        cause = f"{type(err).__name__}: {first_line(err)}"
+        results.put((k, None, PipelineError("extract", cause, "See the worker's log.")))
+
+
+def worker_error(error: PipelineError, device: str) -> PipelineError:
+    """A worker's error as the parent raises it: the same kind (a ``ConfigError`` still stops the run,
+    a ``SlideReadError`` still names its slide), with the device it happened on."""
+    return type(error)(error.where, f"{error.cause} (worker on {device})", error.remedy)

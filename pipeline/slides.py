@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.errors import ConfigError, PipelineError, SlideReadError
+from pipeline.errors import ConfigError, PipelineError, SlideReadError, first_line
 
 Reader = Literal["auto", "openslide", "tiffslide"]
 
@@ -78,7 +78,7 @@ class Slide:
         except Exception as err:
             raise SlideReadError(
                 self.path,
-                f"cannot read pixels at ({x}, {y}) level {level} with {self.reader} ({_short(err)})",
+                f"cannot read pixels at ({x}, {y}) level {level} with {self.reader} ({first_line(err)})",
                 "The file is probably truncated or damaged; re-copy it from the scanner.",
             ) from err
         return _to_rgb(np.asarray(image))
@@ -124,7 +124,7 @@ def open_slide(path: str | os.PathLike, reader: Reader = "auto") -> Slide:
         try:
             return _OPENERS[name](p)
         except Exception as err:  # each library raises its own types; we report them all together
-            failures.append(f"{name}: {_short(err)}")
+            failures.append(f"{name}: {first_line(err)}")
     raise SlideReadError(
         p,
         "not a readable whole-slide image (" + "; ".join(failures) + ")",
@@ -336,8 +336,3 @@ def _as_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return result if math.isfinite(result) and result > 0 else None
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:200]

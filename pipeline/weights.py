@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.checkpoints import load_error_cause, state_dict_problems
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.log import get_logger
 
 #: Weight files looked for, in order, in a hub repository or a local folder.
@@ -197,7 +197,7 @@ def fetch_hub_file(hub: HubWeights, candidates: Iterable[str]) -> Path:
             continue  # this repository publishes another of the candidates
         except (HfHubHTTPError, OSError) as err:
             raise PipelineError(
-                where, f"download of {name} failed ({_first_line(err)})", _hub_remedy(hub)
+                where, f"download of {name} failed ({first_line(err, 300)})", _hub_remedy(hub)
             ) from err
     raise PipelineError(
         where, f"repository has none of {', '.join(names)}", "Pass --weights PATH instead."
@@ -270,7 +270,7 @@ def _read_one(path: Path) -> dict[str, Any]:
     except Exception as err:  # truncated file, wrong format, pickle with code objects
         raise PipelineError(
             path,
-            f"cannot read weights ({load_error_cause(err)})",
+            f"cannot read weights ({load_error_cause(err, path)})",
             "Check that the file is complete; .bin/.pth files must hold plain tensors "
             "(they are loaded with weights_only=True).",
         ) from err
@@ -401,8 +401,3 @@ def warn_random(name: str) -> None:
         "tests and benchmarks (the feature store records weights=random)",
         name,
     )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]

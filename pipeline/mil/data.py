@@ -123,7 +123,7 @@ def read_feature_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray |
     except PipelineError:
         raise
     except Exception as err:  # damaged files: h5py/torch/zarr raise many types
-        cause = f"cannot read features ({load_error_cause(err)})"  # never torch's unsafe advice
+        cause = f"cannot read features ({load_error_cause(err, p)})"  # never torch's unsafe advice
         raise PipelineError(p, cause, "Re-extract this slide.") from err
     feats = _squeeze(feats, p, "features")
     if coords is not None:

@@ -17,6 +17,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.device import shard_devices
+from pipeline.errors import ConfigError, PipelineError, SlideReadError
 from pipeline.extract_group import SlideJob, balance, store_answers
 from pipeline.features import ExtractOptions
 from pipeline.store import open_store
@@ -272,3 +273,40 @@ def test_workflow_groups_only_slides_without_a_store(tmp_path):
     assert counts["extract_batch"] == 1 and counts["extract"] == 1
     (group,) = [line for line in text.splitlines() if "--done" in line]
     assert "/s8.svs" in group and group.count(" -o ") == 1
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        ConfigError("features.encoders", "unknown encoder nope", "Use `wsi-mil encoders`."),
+        SlideReadError("/data/a.svs", "cannot read pixels at (0, 0) level 0", "Re-scan it."),
+        ValueError("first line\nsecond line of library advice"),
+    ],
+)
+def test_a_worker_error_keeps_its_kind_across_the_process_queue(raised, monkeypatch):
+    """A device worker's error reaches the parent as the same kind (a ConfigError still stops the run,
+    a SlideReadError still names its slide), through the pickling queue the workers use."""
+    import multiprocessing
+
+    from pipeline import extract_group
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(extract_group, "run_group", fail)
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    queue = multiprocessing.get_context("spawn").Queue()
+    extract_group._shard_main(1, [], ENCODER, "random", None, 1, queue)
+    k, outcomes, error = queue.get(timeout=10)
+    parent = extract_group.worker_error(error, "cuda:1")
+    assert (k, outcomes) == (1, None)
+    if isinstance(raised, PipelineError):
+        assert type(parent) is type(raised) and parent.where == raised.where
+        assert parent.line() == (
+            f"ERROR {raised.where}: {raised.cause} (worker on cuda:1). {raised.remedy}"
+        )
+    else:
+        assert type(parent) is PipelineError
+        assert parent.line() == (
+            "ERROR extract: ValueError: first line (worker on cuda:1). See the worker's log."
+        )

@@ -119,3 +119,13 @@ def test_random_bytes_as_weights_never_suggest_unsafe_loading(tmp_path):
         "pathlib.PosixPath). Check that the file is complete; .bin/.pth files must hold plain "
         "tensors (they are loaded with weights_only=True)."
     )
+
+
+def test_first_line_of_an_exception():
+    """One helper for every one-line error built from a library's exception."""
+    from pipeline.errors import first_line
+
+    assert first_line(ValueError("  bad value\nadvice paragraph\n")) == "bad value"
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line(RuntimeError("x" * 500)) == "x" * 200
+    assert first_line(RuntimeError("x" * 500), 300) == "x" * 300
