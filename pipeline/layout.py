@@ -36,6 +36,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # --- the files of one fold folder (written by `wsi-mil train`, read by predict/evaluate/report) -----
 MODEL_WEIGHTS = "model.pt"  # state dict (torch.save of tensors only; loaded with weights_only=True)
@@ -54,6 +55,7 @@ FOLD_FILES: dict[str, str] = {
 }
 
 SUMMARY_JSON = "summary.json"  # one per task x encoder x method (and per method in `wsi-mil cv`)
+SUMMARY_CSV = "summary.csv"  # one row per task x encoder x method x cohort
 SPLITS_CSV = "splits.csv"  # the folds `wsi-mil cv` writes into its output folder
 EFFECTIVE_CONFIG = "config.effective.yaml"
 RUN_MANIFEST = "run.json"  # the slides, encoders and benchmark files of the current run (report)
@@ -130,10 +132,24 @@ def summary_parts(path: str | os.PathLike) -> tuple[str, str, str] | None:
     return parts[-4], parts[-3], parts[-2]
 
 
-def summary_cohort(path: str | os.PathLike) -> str:
-    """``cv`` for a summary under ``mil/``, ``external`` for one under ``external/``."""
-    top = Path(path).resolve().parts[-5]
-    return next(k for k, v in COHORT_DIRS.items() if v == top)
+def fold_path(
+    method_dir: str | os.PathLike, fold: int | str, repeat: int | str | None = None
+) -> Path:
+    """``{method_dir}/[repeat{r}/]fold{k}``: one fold folder of a method."""
+    return Path(method_dir, *_repeat_parts(repeat), fold_name(fold))
+
+
+def summary_fold_dirs(summary_json: str | os.PathLike, summary: dict[str, Any]) -> list[str]:
+    """The fold folders of a ``summary.json``, found next to it (``[repeat{r}/]fold{k}``, in the
+    order of its ``folds``), so a results folder that was moved or a summary made from relative
+    paths still finds them."""
+    base = Path(os.path.abspath(summary_json)).parent
+    folds = summary.get("folds", [])
+    repeats = summary.get("repeats") or [0] * len(folds)
+    nested = max(repeats, default=0) > 0
+    return [
+        str(fold_path(base, k, r if nested else None)) for r, k in zip(repeats, folds, strict=True)
+    ]
 
 
 def external_fold_file(method_dir: str, fold: int | str, repeat: int | str | None, ext: str) -> str:
@@ -164,7 +180,7 @@ class Layout:
 
     @property
     def summary_csv(self) -> str:
-        return self._join("summary.csv")
+        return self._join(SUMMARY_CSV)
 
     @property
     def report_html(self) -> str:
@@ -295,3 +311,45 @@ class Layout:
     @property
     def benchmarks_dir(self) -> str:
         return self._join("benchmarks")
+
+
+@dataclass(frozen=True)
+class CvLayout:
+    """The output folder of ``wsi-mil cv`` (one task and encoder, so no ``{task}/{encoder}`` parts):
+    ``{name}/[repeat{r}/]fold{k}/``, ``{name}/summary.json``, ``{name}/all_cases/``, the external
+    cohorts under ``external/{name}/`` and ``external_all_cases/{name}/``, ``summary.csv``."""
+
+    root: Path
+
+    def splits(self, repeat: int | None) -> Path:
+        return self.root / (SPLITS_CSV if repeat is None else f"splits.{repeat_name(repeat)}.csv")
+
+    def method_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def fold_dir(self, name: str, fold: int | str, repeat: int | str | None) -> Path:
+        return fold_path(self.method_dir(name), fold, repeat)
+
+    def all_cases_dir(self, name: str) -> Path:
+        return self.method_dir(name) / ALL_CASES
+
+    def cohort_dir(self, cohort: str, name: str) -> Path:
+        """Where a method's summary of ``cohort`` (``cv``, ``external``, ``external_all_cases``) is."""
+        return self.method_dir(name) if cohort == "cv" else self.root / COHORT_DIRS[cohort] / name
+
+    def summary_json(self, name: str, cohort: str = "cv") -> Path:
+        return self.cohort_dir(cohort, name) / SUMMARY_JSON
+
+    def external_files(
+        self, cohort: str, name: str, fold: int | str, repeat: int | str | None
+    ) -> tuple[str, str]:
+        """(predictions ``.csv``, metrics ``.json``) of one fold model (or, for
+        ``external_all_cases``, the all-cases model) on an external cohort."""
+        method_dir = str(self.cohort_dir(cohort, name))
+        if cohort == "external_all_cases":
+            return (f"{method_dir}/{ALL_CASES}.csv", f"{method_dir}/{ALL_CASES}.json")
+        return tuple(external_fold_file(method_dir, fold, repeat, e) for e in ("csv", "json"))
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.root / SUMMARY_CSV

@@ -253,11 +253,3 @@ def read_for_segmentation(
         )
     width0, height0 = slide.dimensions
     return rgb, (width0 / rgb.shape[1], height0 / rgb.shape[0])
-
-
-def segment_slide(
-    slide: Slide, slide_mpp: float, params: TissueParams
-) -> tuple[Tissue, np.ndarray]:
-    """Read and segment a slide; also returns the low-resolution image (for the QC picture)."""
-    rgb, scale = read_for_segmentation(slide, slide_mpp, params)
-    return segment_rgb(rgb, scale, slide_mpp, params), rgb

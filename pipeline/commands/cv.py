@@ -77,16 +77,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
 
 
-def _splits(out: Path, task, settings, folds: int, repeat: int | None, log, made: dict):
+def _splits(cv, task, settings, folds: int, repeat: int | None, log, made: dict):
     """The folds of one repeat: reused from OUTDIR when present (and made from the same inputs and
     settings, else one line), else drawn and written."""
     from pipeline.mil.provenance import check_or_record
     from pipeline.mil.splits import check_inner_folds, make_splits, read_splits, repeat_seed
     from pipeline.store import write_text
 
-    name = "splits.csv" if repeat is None else f"splits.repeat{repeat}.csv"
-    path = out / name
-    check_or_record(path, {**made, "repeat": repeat}, path.is_file(), out)
+    path = cv.splits(repeat)
+    check_or_record(path, {**made, "repeat": repeat}, path.is_file(), cv.root)
     if path.is_file():
         splits = read_splits(path)
         log.info("reusing %s (%d folds)", path, splits["fold"].nunique())
@@ -117,81 +116,108 @@ def run(args) -> int:
     from pipeline.commands.train import setup
     from pipeline.log import get_logger
     from pipeline.methods import baseline_of
-    from pipeline.mil.all_cases import train_all_cases
-    from pipeline.mil.comparison import add_comparisons, summary_fold_dirs
-    from pipeline.mil.evaluate import format_summary, summarize, summary_table
-    from pipeline.mil.folder import FoldFolder
-    from pipeline.mil.provenance import check_or_record, file_digest
-    from pipeline.mil.train import prepare_data, train_fold
-    from pipeline.store import write_json, write_text
+    from pipeline.mil.provenance import file_digest
+    from pipeline.mil.train import prepare_data
 
     log = get_logger("cv")
     settings, task = setup(args)
+    cv = layout.CvLayout(Path(args.output))
     folds = args.folds or settings.folds
     repeats = layout.repeat_ids(args.repeats or settings.repeats)
     base, _ = settings.for_method(args.method)
     reference = args.reference or settings.reference or baseline_of(base)
     reference = reference if reference != args.method else None
-    out = Path(args.output)
     tables = {"labels": file_digest(args.labels), "slides_table": file_digest(args.slides_table)}
     made = {"tables": tables, "task_type": task.type, "folds": folds, "seed": settings.seed}
     made["val_fraction"] = settings.val_fraction  # what each splits file is made from
-    splits = {r: _splits(out, task, settings, folds, r, log, made) for r in repeats}
+    splits = {r: _splits(cv, task, settings, folds, r, log, made) for r in repeats}
     all_cases = bool(args.external_labels) and (
         args.external_all_cases or settings.external_all_cases
     )
-    bags, _, report = prepare_data(task, args.features)
-    slides = sorted(s for bag in bags for s in bag.slide_ids)
+    data = prepare_data(task, args.features)
     names = _order(settings, args.method, reference)
     for name in names:
-        name_base, name_settings = settings.for_method(name)
-        teacher_name = baseline_of(name_base)
-        drop = ("methods", "external_all_cases")  # what is run, not how a fold model is trained
-        mil = {k: v for k, v in name_settings.to_dict().items() if k not in drop}
-        reused = any(layout.fold_complete(p) for p in (out / name).glob("**/fold*"))
-        record = {**made, "repeats": len(repeats), "method": name, "mil": mil, "slides": slides}
-        check_or_record(out / name, record, reused, out)  # never reused silently
-        fold_dirs = []
-        for r in repeats:
-            for fold in sorted(splits[r]["fold"].unique()):
-                parts = [layout.repeat_name(r)] if r is not None else []
-                fold_dir = out.joinpath(name, *parts, layout.fold_name(fold))
-                fold_dirs.append(fold_dir)
-                if layout.fold_complete(fold_dir):
-                    log.info("%s fold %s already complete in %s; kept", name, fold, fold_dir)
-                    continue
-                teacher = teacher_name and out.joinpath(
-                    teacher_name, *parts, layout.fold_name(fold)
-                )
-                train_fold(
-                    *(task, bags, splits[r], fold, name_base, name_settings),
-                    outdir=fold_dir,
-                    teacher_init=teacher or None,
-                    device=args.device,
-                    data_report=report,
-                    name=name if name != name_base else None,
-                )  # fmt: skip
-        summary = summarize(fold_dirs, n_boot=args.n_boot)
-        write_json(out / name / layout.SUMMARY_JSON, summary)
-        log.info("%s", format_summary(summary))
+        fold_dirs = _cross_validate(args, cv, name, settings, task, data, splits, made, log)
         if args.external_labels:
-            _external(args, out, name, fold_dirs, task.type)
+            _external(args, cv, name, fold_dirs, task.type)
         if all_cases:
-            model_dir = out / name / layout.ALL_CASES
-            if not layout.fold_complete(model_dir):
-                train_all_cases(
-                    *(task, bags, name_base, name_settings, [FoldFolder(d).metrics() for d in fold_dirs]),
-                    outdir=model_dir,
-                    teacher_init=teacher_name and out / teacher_name / layout.ALL_CASES or None,
-                    device=args.device,
-                    name=name if name != name_base else None,
-                )  # fmt: skip
-            _external(args, out, name, [model_dir], task.type)
-    paths = [out / name / layout.SUMMARY_JSON for name in names]
-    if args.external_labels:
-        paths += [out / "external" / name / layout.SUMMARY_JSON for name in names]
-    if all_cases:
-        paths += [out / "external_all_cases" / name / layout.SUMMARY_JSON for name in names]
+            _all_cases(args, cv, name, settings, task, data, fold_dirs)
+    _summary_table(args, cv, names, reference, all_cases, log)
+    return 0
+
+
+def _cross_validate(args, cv, name, settings, task, data, splits, made, log) -> list:
+    """Every fold of ``name`` over every repeat (complete folds kept), then its ``summary.json``;
+    the fold folders, in order."""
+    from pipeline import layout
+    from pipeline.methods import baseline_of
+    from pipeline.mil.evaluate import format_summary, summarize
+    from pipeline.mil.provenance import check_or_record
+    from pipeline.mil.train import train_fold
+    from pipeline.store import write_json
+
+    bags, _, report = data
+    name_base, name_settings = settings.for_method(name)
+    teacher_name = baseline_of(name_base)
+    drop = ("methods", "external_all_cases")  # what is run, not how a fold model is trained
+    mil = {k: v for k, v in name_settings.to_dict().items() if k not in drop}
+    slides = sorted(s for bag in bags for s in bag.slide_ids)
+    reused = any(layout.fold_complete(p) for p in cv.method_dir(name).glob("**/fold*"))
+    record = {**made, "repeats": len(splits), "method": name, "mil": mil, "slides": slides}
+    check_or_record(cv.method_dir(name), record, reused, cv.root)  # never reused silently
+    fold_dirs = []
+    for r, fold_splits in splits.items():
+        for fold in sorted(fold_splits["fold"].unique()):
+            fold_dir = cv.fold_dir(name, fold, r)
+            fold_dirs.append(fold_dir)
+            if layout.fold_complete(fold_dir):
+                log.info("%s fold %s already complete in %s; kept", name, fold, fold_dir)
+                continue
+            train_fold(
+                *(task, bags, fold_splits, fold, name_base, name_settings),
+                outdir=fold_dir,
+                teacher_init=teacher_name and cv.fold_dir(teacher_name, fold, r) or None,
+                device=args.device,
+                data_report=report,
+                name=name if name != name_base else None,
+            )  # fmt: skip
+    summary = summarize(fold_dirs, n_boot=args.n_boot)
+    write_json(cv.summary_json(name), summary)
+    log.info("%s", format_summary(summary))
+    return fold_dirs
+
+
+def _all_cases(args, cv, name, settings, task, data, fold_dirs) -> None:
+    """The all-cases model of ``name`` (unless complete) and its predictions on the external cohort."""
+    from pipeline import layout
+    from pipeline.methods import baseline_of
+    from pipeline.mil.all_cases import train_all_cases
+    from pipeline.mil.folder import FoldFolder
+
+    name_base, name_settings = settings.for_method(name)
+    teacher_name = baseline_of(name_base)
+    model_dir = cv.all_cases_dir(name)
+    if not layout.fold_complete(model_dir):
+        train_all_cases(
+            *(task, data[0], name_base, name_settings, [FoldFolder(d).metrics() for d in fold_dirs]),
+            outdir=model_dir,
+            teacher_init=teacher_name and cv.all_cases_dir(teacher_name) or None,
+            device=args.device,
+            name=name if name != name_base else None,
+        )  # fmt: skip
+    _external(args, cv, name, [model_dir], task.type)
+
+
+def _summary_table(args, cv, names, reference, all_cases: bool, log) -> None:
+    """``summary.csv``: every summary of this run, with the comparisons against ``reference``."""
+    from pipeline.layout import summary_fold_dirs
+    from pipeline.mil.comparison import add_comparisons
+    from pipeline.mil.evaluate import summary_table
+    from pipeline.store import write_text
+
+    cohorts = ["cv"] + ["external"] * bool(args.external_labels)
+    cohorts += ["external_all_cases"] * all_cases
+    paths = [cv.summary_json(name, cohort) for cohort in cohorts for name in names]
     table = summary_table(paths)
     table.insert(0, "task", Path(args.labels).stem)
     table.insert(1, "encoder", Path(args.features).name)
@@ -200,15 +226,14 @@ def run(args) -> int:
         for p, s in zip(paths, map(_read_json, paths), strict=True)
     ]
     table = add_comparisons(table, summaries, reference, n_boot=args.n_boot)
-    write_text(out / "summary.csv", table.to_csv(index=False))
+    write_text(cv.summary_csv, table.to_csv(index=False))
     row = table[table["method"] == args.method].iloc[0]
     if reference is not None and isinstance(row.get("verdict_cv"), str):
         log.info("%s vs %s: %s", args.method, reference, row["verdict_cv"])
         log.info("%s vs %s (pooled): %s", args.method, reference, row["verdict_pooled"])
-    return 0
 
 
-def _external(args, out: Path, name: str, fold_dirs, task_type: str) -> None:
+def _external(args, cv, name: str, fold_dirs, task_type: str) -> None:
     """Every fold model of ``name`` (or its all-cases model: ``fold_dirs`` = ``[.../all_cases]``)
     predicts the external cohort (as `wsi-mil predict`), then its external summary."""
     from pipeline import layout
@@ -224,16 +249,12 @@ def _external(args, out: Path, name: str, fold_dirs, task_type: str) -> None:
     all_cases = Path(fold_dirs[0]).name == layout.ALL_CASES
     cohort = "external_all_cases" if all_cases else "external"
     files = []
-    method_dir = str(out / layout.COHORT_DIRS[cohort] / name)
     for fold_dir in fold_dirs:
         r, k = layout.fold_repeat(fold_dir), layout.fold_number(fold_dir)
         repeat = r if Path(fold_dir).parent.name.startswith("repeat") else None
         if all_cases:
             r, k = 0, -1
-            csv_path, json_path = (f"{method_dir}/{layout.ALL_CASES}.{e}" for e in ("csv", "json"))
-        else:
-            csv_path = layout.external_fold_file(method_dir, k, repeat, "csv")
-            json_path = layout.external_fold_file(method_dir, k, repeat, "json")
+        csv_path, json_path = cv.external_files(cohort, name, k, repeat)
         result = predict(
             fold_dir,
             args.external_features,
@@ -246,7 +267,7 @@ def _external(args, out: Path, name: str, fold_dirs, task_type: str) -> None:
         write_json(json_path, result)
         files.append((r, k, csv_path, json_path))
     summary = external_summary(name, files, task_type, n_boot=args.n_boot, cohort=cohort)
-    write_json(Path(method_dir) / layout.SUMMARY_JSON, summary)
+    write_json(cv.summary_json(name, cohort), summary)
 
 
 def _read_json(path):

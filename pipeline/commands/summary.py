@@ -36,9 +36,9 @@ def run(args) -> int:
     import json
 
     from pipeline.errors import PipelineError
-    from pipeline.layout import summary_parts
+    from pipeline.layout import summary_fold_dirs, summary_parts
     from pipeline.log import get_logger
-    from pipeline.mil.comparison import add_comparisons, summary_fold_dirs
+    from pipeline.mil.comparison import add_comparisons
     from pipeline.mil.evaluate import summary_table
     from pipeline.store import write_text
 

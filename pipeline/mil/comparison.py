@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.layout import fold_name, fold_repeat, repeat_name
+from pipeline.layout import fold_repeat
 from pipeline.methods import MEAN_POOL_REFERENCE, default_reference, is_reference_baseline
 from pipeline.mil.folder import FoldFolder
 from pipeline.stats import MethodResults, compare_methods, summarise_method
@@ -52,19 +52,6 @@ def method_results(name: str, fold_dirs: Sequence[str | os.PathLike]) -> MethodR
     if not rows:
         raise PipelineError(name, "no fold folder", "Train the folds first.")
     return MethodResults(name, pd.DataFrame(rows), pd.concat(preds, ignore_index=True))
-
-
-def summary_fold_dirs(summary_json: str | os.PathLike, summary: dict[str, Any]) -> list[str]:
-    """The fold folders of a ``summary.json``, found next to it (``[repeat{r}/]fold{k}``), so a
-    results folder that was moved or a summary made from relative paths still finds them."""
-    base = os.path.dirname(os.path.abspath(summary_json))
-    folds = summary.get("folds", [])
-    repeats = summary.get("repeats") or [0] * len(folds)
-    nested = max(repeats, default=0) > 0
-    return [
-        os.path.join(base, *([repeat_name(r)] if nested else []), fold_name(k))
-        for r, k in zip(repeats, folds, strict=True)
-    ]
 
 
 def method_statistics(

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.layout import FOLD_FILES, Layout, fold_name
+from pipeline.layout import Layout, fold_file, summary_fold_dirs
 from pipeline.log import get_logger
 from pipeline.store import read_attrs
 
@@ -198,14 +198,14 @@ def model_results(summary_csv: str | os.PathLike) -> pd.DataFrame:
 def fold_predictions(summary_json: str | os.PathLike) -> list[tuple[int, pd.DataFrame, dict]]:
     """(fold, predictions.csv, metrics.json) for each fold a method's summary was made from."""
     summary = json.loads(Path(summary_json).read_text())
-    base = Path(summary_json).parent
     out = []
-    repeats = summary.get("repeats") or [0] * len(summary.get("folds", []))
-    for fold, repeat in zip(summary.get("folds", []), repeats, strict=True):
-        if max(repeats) > 0 and repeat > 0:  # repeated CV: curves of the first repeat only
+    folds = summary.get("folds", [])
+    repeats = summary.get("repeats") or [0] * len(folds)
+    fold_dirs = summary_fold_dirs(summary_json, summary)
+    for fold, repeat, fdir in zip(folds, repeats, map(Path, fold_dirs), strict=True):
+        if repeat > 0:  # repeated CV: curves of the first repeat only
             continue
-        fdir = base / (f"repeat{repeat}/" if max(repeats) > 0 else "") / fold_name(fold)
-        pred, metrics = fdir / FOLD_FILES["predictions"], fdir / FOLD_FILES["metrics"]
+        pred, metrics = fold_file(fdir, "predictions"), fold_file(fdir, "metrics")
         if not pred.is_file():
             log.warning("%s has no %s; its curves are left out", fdir, pred.name)
             continue
