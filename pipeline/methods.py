@@ -9,7 +9,7 @@ How each method differs from its paper and public code: docs/architecture.md, "M
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -174,6 +174,29 @@ def baseline_of(name: str) -> str | None:
     return get_method(name).baseline
 
 
+def base_method(name: str, variants: Mapping[str, Any] | None = None) -> str:
+    """The method a named variant (``mil.variants``) is built from; a method is its own base."""
+    variants = variants or {}
+    return str(variants[name]["method"]) if name in variants else name
+
+
+def teacher_of(name: str, variants: Mapping[str, Any] | None = None) -> str | None:
+    """The baseline whose same-fold checkpoint initialises the teacher of a method or variant: a
+    variant shares its base method's, so a method and its ablations start from the same checkpoints."""
+    return baseline_of(base_method(name, variants))
+
+
+def training_order(
+    names: Sequence[str], variants: Mapping[str, Any] | None = None, reference: str | None = None
+) -> list[str]:
+    """Everything to train for ``names`` compared with ``reference``, each once, teachers first:
+    the teachers of ``names`` (and of the reference), the reference, then ``names``. The workflow's
+    trained methods and `wsi-mil cv`'s run order are both this list."""
+    everything = [*names, *([reference] if reference else [])]
+    teachers = [t for t in (teacher_of(n, variants) for n in everything) if t]
+    return list(dict.fromkeys([*teachers, *([reference] if reference else []), *names]))
+
+
 # The reference baseline every MIL method is checked against in summary.csv and the report
 # (``below_reference``): a linear model on mean-pooled instance features. A MIL method below it by more
 # than noise has learnt nothing a linear model on bag means could not (issue 17).
@@ -197,6 +220,5 @@ def default_reference(methods: Sequence[str], variants: dict[str, Any] | None = 
     if plain:
         return plain[0]
     first = methods[0]
-    base = variants[first]["method"] if first in variants else first
-    spec = METHODS.get(base)
+    spec = METHODS.get(base_method(first, variants))
     return (spec.baseline if spec else None) or first

@@ -134,12 +134,14 @@ class MILSettings:
 
     def for_method(self, name: str) -> tuple[str, MILSettings]:
         """``(base method, settings)`` of a method or a named variant (its switch overrides applied)."""
+        from pipeline.methods import base_method
+
         if name not in self.variants:
             return name, self
-        base, changes = variant_overrides(self.variants[name])
+        _, changes = variant_overrides(self.variants[name])
         current = self.to_dict()
         merged = {k: {**current[k], **v} for k, v in changes.items()}
-        return base, self.replace(**merged)
+        return base_method(name, self.variants), self.replace(**merged)
 
 
 def variant_overrides(spec: Mapping[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:

@@ -98,24 +98,11 @@ def _splits(cv, task, settings, folds: int, repeat: int | None, log, made: dict)
     return splits
 
 
-def _order(settings, method: str, reference: str | None) -> list[str]:
-    """Names to train, teachers first: the base method's baseline, the reference, the method."""
-    from pipeline.methods import baseline_of
-
-    names = []
-    for name in (reference, method):
-        if name is None:
-            continue
-        base, _ = settings.for_method(name)
-        names += [baseline_of(base), name]
-    return list(dict.fromkeys(n for n in names if n))
-
-
 def run(args) -> int:
     from pipeline import layout
     from pipeline.commands.train import setup
     from pipeline.log import get_logger
-    from pipeline.methods import baseline_of
+    from pipeline.methods import default_reference, training_order
     from pipeline.mil.provenance import file_digest
     from pipeline.mil.train import prepare_data
 
@@ -124,8 +111,8 @@ def run(args) -> int:
     cv = layout.CvLayout(Path(args.output))
     folds = args.folds or settings.folds
     repeats = layout.repeat_ids(args.repeats or settings.repeats)
-    base, _ = settings.for_method(args.method)
-    reference = args.reference or settings.reference or baseline_of(base)
+    reference = args.reference or settings.reference
+    reference = reference or default_reference([args.method], settings.variants)
     reference = reference if reference != args.method else None
     tables = {"labels": file_digest(args.labels), "slides_table": file_digest(args.slides_table)}
     made = {"tables": tables, "task_type": task.type, "folds": folds, "seed": settings.seed}
@@ -135,7 +122,7 @@ def run(args) -> int:
         args.external_all_cases or settings.external_all_cases
     )
     data = prepare_data(task, args.features)
-    names = _order(settings, args.method, reference)
+    names = training_order([args.method], settings.variants, reference)
     for name in names:
         fold_dirs = _cross_validate(args, cv, name, settings, task, data, splits, made, log)
         if args.external_labels:
@@ -150,7 +137,7 @@ def _cross_validate(args, cv, name, settings, task, data, splits, made, log) -> 
     """Every fold of ``name`` over every repeat (complete folds kept), then its ``summary.json``;
     the fold folders, in order."""
     from pipeline import layout
-    from pipeline.methods import baseline_of
+    from pipeline.methods import teacher_of
     from pipeline.mil.evaluate import format_summary, summarize
     from pipeline.mil.provenance import check_or_record
     from pipeline.mil.train import train_fold
@@ -158,7 +145,7 @@ def _cross_validate(args, cv, name, settings, task, data, splits, made, log) -> 
 
     bags, _, report = data
     name_base, name_settings = settings.for_method(name)
-    teacher_name = baseline_of(name_base)
+    teacher_name = teacher_of(name, settings.variants)
     drop = ("methods", "external_all_cases")  # what is run, not how a fold model is trained
     mil = {k: v for k, v in name_settings.to_dict().items() if k not in drop}
     slides = sorted(s for bag in bags for s in bag.slide_ids)
@@ -190,12 +177,12 @@ def _cross_validate(args, cv, name, settings, task, data, splits, made, log) -> 
 def _all_cases(args, cv, name, settings, task, data, fold_dirs) -> None:
     """The all-cases model of ``name`` (unless complete) and its predictions on the external cohort."""
     from pipeline import layout
-    from pipeline.methods import baseline_of
+    from pipeline.methods import teacher_of
     from pipeline.mil.all_cases import train_all_cases
     from pipeline.mil.folder import FoldFolder
 
     name_base, name_settings = settings.for_method(name)
-    teacher_name = baseline_of(name_base)
+    teacher_name = teacher_of(name, settings.variants)
     model_dir = cv.all_cases_dir(name)
     if not layout.fold_complete(model_dir):
         train_all_cases(

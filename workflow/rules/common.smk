@@ -17,12 +17,12 @@ from snakemake.logging import logger
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+from pipeline import cohort, methods
 from pipeline.errors import PipelineError
 from pipeline.layout import FOLD_FILES, Layout, fold_name, repeat_ids, repeat_name
 from pipeline.methods import METHODS as METHOD_TABLE
 from pipeline.methods import default_reference
 from pipeline.store import write_text
-from pipeline.tables import normalise_id
 from pipeline.tables import read_table as read_csv_table
 
 WORKFLOW_ROOT = Path(workflow.basedir)
@@ -36,69 +36,11 @@ EFFECTIVE_CONFIG = OUT.effective_config
 
 
 def discover_slides(slides_dir, extensions):
-    """Map slide id (file stem) -> path for every slide below ``slides_dir``.
-
-    Searched recursively (GDC downloads put each slide in its own folder); hidden entries are
-    skipped; symlinked folders are followed, each real folder once. A folder of DICOM files is one
-    slide named after the folder. Ids are in Unicode NFC, as
-    the tables' ids are (pipeline/tables.py). Two files with the same stem would overwrite each
-    other's outputs, so they are an error naming both.
-    """
-    if not os.path.isdir(slides_dir):
-        raise WorkflowError(
-            f"slides_dir '{slides_dir}' is not a folder. Put the slides there or set slides_dir "
-            "in the config."
-        )
-    wanted = {e.lower() for e in extensions}
-    found = {}
-    visited = (
-        set()
-    )  # real folders walked, so a symlink loop or a second link is read once
-    for root, dirs, files in os.walk(slides_dir, followlinks=True):
-        if os.path.realpath(root) in visited:
-            dirs[:] = []
-            continue
-        visited.add(os.path.realpath(root))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files = sorted(f for f in files if not f.startswith("."))
-        if ".dcm" in wanted and any(f.lower().endswith(".dcm") for f in files):
-            first = next(f for f in files if f.lower().endswith(".dcm"))
-            found.setdefault(normalise_id(Path(root).name), []).append(
-                os.path.join(root, first)
-            )
-        for name in files:
-            suffix = Path(name).suffix.lower()
-            if suffix in wanted and suffix != ".dcm":
-                found.setdefault(normalise_id(Path(name).stem), []).append(
-                    os.path.join(root, name)
-                )
-    # Snakemake reads braces in a path as a wildcard, so such an id cannot name its outputs
-    unusable = [
-        p for sid, paths in found.items() if "{" in sid or "}" in sid for p in paths
-    ]
-    if unusable:
-        raise WorkflowError(
-            f"slide file name(s) with '{{' or '}}', which Snakemake cannot use in output paths: "
-            + ", ".join(unusable)
-            + ". Rename them without braces (e.g. b{1}.svs -> b_1.svs)."
-        )
-    clashes = [
-        f"'{sid}': {' and '.join(paths)}"
-        for sid, paths in found.items()
-        if len(paths) > 1
-    ]
-    if clashes:
-        raise WorkflowError(
-            "two slides have the same id (file stem), so their outputs would collide: "
-            + "; ".join(clashes)
-            + ". Rename or remove one of each pair."
-        )
-    if not found:
-        raise WorkflowError(
-            f"no slides found in '{slides_dir}' (looked for {', '.join(sorted(wanted))}). "
-            "Put the slides there or set slides_dir / slide_extensions in the config."
-        )
-    return {sid: paths[0] for sid, paths in sorted(found.items())}
+    """Slide id -> path below ``slides_dir`` (pipeline.cohort.discover_slides: the rules there)."""
+    try:
+        return cohort.discover_slides(slides_dir, extensions)
+    except PipelineError as err:
+        raise WorkflowError(err.line())
 
 
 def read_table(path, what, columns):
@@ -154,23 +96,27 @@ def task_slides_table(task):
 
 
 def task_slide_ids(task):
-    """Slides the task trains on: those in its table that exist on disk (one warning per missing)."""
+    """Slides the task trains on (pipeline.cohort.task_slides, the rule `wsi-mil train` follows)
+    that exist on disk; one warning per slide left out."""
+    try:
+        chosen = cohort.task_slides(
+            task["type"], task["table"], task.get("slides_table")
+        )
+    except PipelineError as err:
+        raise WorkflowError(f"task '{task['name']}': {err.line()}")
+    for note in chosen.notes:
+        logger.warning(f"task '{task['name']}': {note}")
     path = task_slides_table(task)
-    rows = read_table(
-        path, f"task '{task['name']}' table", ["slide_id", "case_id"]
-    ).rows
-    read_table(task["table"], f"task '{task['name']}' table", [])
-    listed = list(dict.fromkeys(row["slide_id"] for row in rows if row["slide_id"]))
-    for sid in listed:
+    for sid in chosen.slide_ids:
         if sid not in SLIDES:
             logger.warning(
                 f"task '{task['name']}': slide '{sid}' is listed in {path} but not found in "
                 f"{config['slides_dir']}; it is left out."
             )
-    present = [sid for sid in listed if sid in SLIDES]
+    present = [sid for sid in chosen.slide_ids if sid in SLIDES]
     if not present:
         raise WorkflowError(
-            f"task '{task['name']}': none of the {len(listed)} slides in {path} is in "
+            f"task '{task['name']}': none of the {len(chosen.cases)} slides in {path} is in "
             f"{config['slides_dir']}. Check the slide ids (file stems) against the table."
         )
     return present
@@ -235,24 +181,13 @@ if _unknown:
 REFERENCE = config["mil"]["reference"] or default_reference(METHODS, VARIANTS)
 
 
-def base_method(name):
-    """The method a variant is built from (a method is its own base)."""
-    return VARIANTS[name]["method"] if name in VARIANTS else name
-
-
 def teacher_of(method):
-    """The baseline whose fold checkpoint initialises this method's (or variant's) teacher: a
-    variant shares the teacher of its base method, so its folds start from the same checkpoints.
-    """
-    return METHOD_TABLE[base_method(method)].baseline
+    """The baseline whose fold checkpoint initialises this method's (or variant's) teacher."""
+    return methods.teacher_of(method, VARIANTS)
 
 
 # Baselines needed as teachers are trained (and reported) even when not listed themselves.
-TRAINED_METHODS = list(
-    dict.fromkeys(
-        [teacher_of(m) for m in METHODS if teacher_of(m)] + [REFERENCE] + METHODS
-    )
-)
+TRAINED_METHODS = methods.training_order(METHODS, VARIANTS, REFERENCE)
 
 
 def alternatives(values):
