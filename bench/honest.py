@@ -12,8 +12,8 @@ a 15 % validation part carved from the rest for the holdout protocol). Every var
 Each (set, fold, variant) is appended to ``--out`` (JSON lines) as soon as it is done, so a partial run
 still counts; ``--summary`` prints the mean ± std table over folds from that file.
 
-    nice python bench/honest.py --sets dense-120,sparse-120,survival-160 --epochs 50 --out bench/honest.jsonl
-    python bench/honest.py --summary bench/honest.jsonl
+    nice python bench/honest.py --sets dense-120,sparse-120,survival-160 --epochs 50 --out bench/results/honest.jsonl
+    python bench/honest.py --summary bench/results/honest.jsonl
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def run(args) -> None:
     torch.set_num_threads(1)
     variants = args.variants.split(",")
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.sets.split(","):
         s = SETS[name](args.seed)
         strata, val_strata = s.task.case_strata()
@@ -174,7 +175,7 @@ def main() -> None:
     )
     p.add_argument("--tag", default="", help="label of this configuration in the table")
     p.add_argument("--override", nargs="*", default=[], help="mil keys, e.g. accumulate=32")
-    p.add_argument("--out", default="bench/honest.jsonl")
+    p.add_argument("--out", default="bench/results/honest.jsonl")
     p.add_argument("--summary", metavar="JSONL[,JSONL...]")
     args = p.parse_args()
     if args.summary:
