@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import layout, tables
+from pipeline.cohort import EVENT_WORDS, survival_record
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil import metrics as M
@@ -305,10 +306,12 @@ class SurvivalTask(Task):
     @staticmethod
     def _clean(df: pd.DataFrame, source: str) -> pd.DataFrame:
         df = df.copy()
+        # which rows count is pipeline.cohort's rule, the one the workflow chooses slides by
+        records = [survival_record(t, e) for t, e in zip(df["time"], df["event"], strict=True)]
+        bad = pd.Series([r is None for r in records], index=df.index, dtype=bool)
         df["time"] = pd.to_numeric(df["time"], errors="coerce")
-        ev = df["event"].map(lambda v: {"true": 1, "false": 0}.get(str(v).strip().lower(), v))
+        ev = df["event"].map(lambda v: EVENT_WORDS.get(str(v).strip().lower(), v))
         df["event"] = pd.to_numeric(ev, errors="coerce")
-        bad = df["time"].isna() | df["event"].isna() | (df["time"] < 0) | ~df["event"].isin([0, 1])
         for case in df.loc[bad, "case_id"]:
             log.warning(
                 "case %s: time/event missing or invalid in %s (time >= 0, event 0/1); left out",
