@@ -22,10 +22,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config import schema_values
 from pipeline.errors import ConfigError, TableError
 from pipeline.tables import Table, normalise_id, read_table
 
-TASK_TYPES = ("classification", "survival")
+TASK_TYPES = schema_values("tasks.type")
 EVENT_WORDS = {"true": 1, "false": 0}
 
 

@@ -8,6 +8,8 @@ so code can index ``cfg["tiling"]["min_tissue"]`` without repeating default valu
 from __future__ import annotations
 
 import copy
+import enum
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,35 @@ DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
 
 
 def load_schema() -> dict[str, Any]:
+    return copy.deepcopy(_schema())
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
     if not SCHEMA_PATH.exists():
         raise ConfigError(
             SCHEMA_PATH, "config schema not found", "Run wsi-mil from a checkout of the repository."
         )
     return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def schema_values(key: str) -> tuple[str, ...]:
+    """The values the schema allows for an enum-like setting, by dotted key (``mil.selection``,
+    ``heatmaps.normalise``; ``tasks.type`` and ``features.encoders`` for the items of a list): the
+    one list the code checks against, so a value added to the schema is known everywhere."""
+    node = _schema()
+    for part in key.split("."):
+        node = (
+            node["properties"][part] if "properties" in node else node["items"]["properties"][part]
+        )
+    node = node.get("items", node) if "enum" not in node else node
+    return tuple(node["enum"])
+
+
+def schema_enum(name: str, key: str) -> type[enum.StrEnum]:
+    """A ``StrEnum`` named ``name`` whose members are :func:`schema_values` of ``key`` (member name =
+    value); members compare equal to the plain strings a config holds."""
+    return enum.StrEnum(name, {v: v for v in schema_values(key)})
 
 
 def _validator_with_defaults(schema: dict[str, Any]):
@@ -95,7 +121,7 @@ def _weights_key_errors(features: dict[str, Any], source: str) -> list[str]:
     weights, encoders = features.get("weights"), features.get("encoders") or []
     if not isinstance(weights, dict) or not isinstance(encoders, list):
         return []
-    known = load_schema()["properties"]["features"]["properties"]["encoders"]["items"]["enum"]
+    known = schema_values("features.encoders")
     lines = []
     for key in weights:
         if key not in known:

@@ -42,6 +42,7 @@ from pipeline.patches import (
     make_loader,
 )
 from pipeline.progress import Progress
+from pipeline.settings import FeatureDtype, FeatureSettings
 from pipeline.slides import open_slide, slide_id
 from pipeline.store import ChunkedRows, StoreWriter, WriteQueue, write_store
 from pipeline.tilestore import Tiles, check_tiles_match, read_tiles
@@ -60,7 +61,7 @@ __all__ = [
     "resolve_precision",
 ]
 
-DTYPES = ("float16", "float32")
+DTYPES = tuple(FeatureDtype)  # the schema's features.dtype values
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,10 @@ class ExtractOptions:
     dtype: str = "float16"
 
     @classmethod
-    def from_config(cls, section: dict[str, Any], **overrides: Any) -> ExtractOptions:
-        values = {k: section[k] for k in asdict(cls()) if k in section}
+    def from_config(cls, settings: FeatureSettings, **overrides: Any) -> ExtractOptions:
+        """The run part of the ``features`` settings, CLI flags (not None) overriding it."""
+        values = {k: getattr(settings, k) for k in asdict(cls())}
+        values["dtype"] = str(settings.dtype)
         values.update({k: v for k, v in overrides.items() if v is not None})
         options = cls(**values)
         if options.batch_size < 1 or options.workers < 0:

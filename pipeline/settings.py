@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.config import schema_enum
 from pipeline.errors import PipelineError
 
 # the smallest top level the schema accepts, to validate one section on its own
@@ -201,3 +202,56 @@ def mil_settings(
     parsed = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     cfg = apply_overrides(section(config, "mil"), parsed)
     return MILSettings.from_mapping(cfg, source="mil config (with overrides)")
+
+
+# --- the other sections with typed records: features and heatmaps -------------------------------
+# enum-like settings are enums whose members come from the schema (config.schema_enum)
+Normalise = schema_enum("Normalise", "heatmaps.normalise")
+FeatureDtype = schema_enum("FeatureDtype", "features.dtype")
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """The ``features`` section: which encoders, their weights (encoder -> ``pretrained``, ``random``
+    or a path) and how extraction runs; CLI flags override the run part (``ExtractOptions``)."""
+
+    encoders: tuple[str, ...]
+    weights: dict[str, str]
+    batch_size: int
+    workers: int
+    device: str
+    precision: str
+    dtype: FeatureDtype
+    slides_per_job: int
+
+    def weights_for(self, encoder: str) -> str:
+        return self.weights.get(encoder, "pretrained")
+
+
+@dataclass(frozen=True)
+class HeatmapSettings:
+    """The ``heatmaps`` section: whether the stage runs, the gallery size and how pictures are drawn."""
+
+    enabled: bool
+    k: int
+    max_side: int
+    score: str | None
+    normalise: Normalise
+    alpha: float
+    cmap: str
+
+
+def feature_settings(config: str | os.PathLike | None = None) -> FeatureSettings:
+    """The ``features`` section of ``config`` (schema defaults when None) as a typed record."""
+    from pipeline.config import section
+
+    cfg = section(config, "features")
+    return _build(FeatureSettings, {**cfg, "dtype": FeatureDtype(cfg["dtype"])})
+
+
+def heatmap_settings(config: str | os.PathLike | None = None) -> HeatmapSettings:
+    """The ``heatmaps`` section of ``config`` (schema defaults when None) as a typed record."""
+    from pipeline.config import section
+
+    cfg = section(config, "heatmaps")
+    return _build(HeatmapSettings, {**cfg, "normalise": Normalise(cfg["normalise"])})

@@ -197,8 +197,7 @@ def _all_cases(args, cv, name, settings, task, data, fold_dirs) -> None:
 
 def _summary_table(args, cv, names, reference, all_cases: bool, log) -> None:
     """``summary.csv``: every summary of this run, with the comparisons against ``reference``."""
-    from pipeline.layout import summary_fold_dirs
-    from pipeline.mil.comparison import add_comparisons
+    from pipeline.mil.comparison import SummaryRecord, add_comparisons
     from pipeline.mil.evaluate import summary_table
     from pipeline.store import write_text
 
@@ -208,10 +207,7 @@ def _summary_table(args, cv, names, reference, all_cases: bool, log) -> None:
     table = summary_table(paths)
     table.insert(0, "task", Path(args.labels).stem)
     table.insert(1, "encoder", Path(args.features).name)
-    summaries = [
-        {**s, "fold_dirs": summary_fold_dirs(p, s)}
-        for p, s in zip(paths, map(_read_json, paths), strict=True)
-    ]
+    summaries = [SummaryRecord.read(p) for p in paths]
     table = add_comparisons(table, summaries, reference, n_boot=args.n_boot)
     write_text(cv.summary_csv, table.to_csv(index=False))
     row = table[table["method"] == args.method].iloc[0]
@@ -255,9 +251,3 @@ def _external(args, cv, name: str, fold_dirs, task_type: str) -> None:
         files.append((r, k, csv_path, json_path))
     summary = external_summary(name, files, task_type, n_boot=args.n_boot, cohort=cohort)
     write_json(cv.summary_json(name, cohort), summary)
-
-
-def _read_json(path):
-    import json
-
-    return json.loads(Path(path).read_text())

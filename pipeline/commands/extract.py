@@ -78,13 +78,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from pipeline.config import section
+    from pipeline.settings import feature_settings
 
     jobs = _jobs(args)
     if args.staged is not None and _publish_staged(args, jobs):
         return 0
-    features = section(args.config, "features")
-    weights = args.weights or features.get("weights", {}).get(args.encoder, "pretrained")
+    features = feature_settings(args.config)
+    weights = args.weights or features.weights_for(args.encoder)
     from pipeline.features import ExtractOptions
 
     options = ExtractOptions.from_config(

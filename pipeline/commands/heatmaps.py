@@ -35,28 +35,22 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from pipeline.commands.train import setup
-    from pipeline.config import section
     from pipeline.heatmaps.oof import HeatmapJob, fold_dirs_by_number, run_heatmaps
     from pipeline.heatmaps.render import RenderOptions
     from pipeline.mil.splits import read_splits
     from pipeline.mil.train import prepare_data
+    from pipeline.settings import heatmap_settings
 
     _, task = setup(args)
-    cfg = section(args.config, "heatmaps")
-    options = RenderOptions(
-        score=args.score or cfg["score"],
-        normalise=cfg["normalise"],
-        alpha=cfg["alpha"],
-        cmap=cfg["cmap"],
-        max_side=args.max_side or cfg["max_side"],
-    )
+    cfg = heatmap_settings(args.config)
+    options = RenderOptions.from_settings(cfg, score=args.score, max_side=args.max_side)
     job = HeatmapJob(
         method=args.method,
         fold_dirs=fold_dirs_by_number(args.folds),
         outdir=args.output,
         features_dir=args.features,
         options=options,
-        k=cfg["k"] if args.k is None else args.k,
+        k=cfg.k if args.k is None else args.k,
         masks=args.masks,
         device=args.device,
         splits_path=str(args.splits),

@@ -33,12 +33,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import json
 
     from pipeline.errors import PipelineError
-    from pipeline.layout import summary_fold_dirs, summary_parts
+    from pipeline.layout import summary_parts
     from pipeline.log import get_logger
-    from pipeline.mil.comparison import add_comparisons
+    from pipeline.mil.comparison import SummaryRecord, add_comparisons
     from pipeline.mil.evaluate import summary_table
     from pipeline.store import write_text
 
@@ -54,10 +53,7 @@ def run(args) -> int:
                 "Pass the summaries the workflow wrote.",
             )
     table = summary_table(args.summaries)
-    summaries = []
-    for path in args.summaries:
-        data = json.loads(Path(path).read_text())
-        summaries.append({**data, "fold_dirs": summary_fold_dirs(path, data)})
+    summaries = [SummaryRecord.read(path) for path in args.summaries]
     table.insert(0, "task", [p[0] for p in parts])
     table.insert(1, "encoder", [p[1] for p in parts])
     moved = table.pop("method")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.encoders.spec import CLIP_MEAN, CLIP_STD, EncoderSpec
 from pipeline.errors import PipelineError
-from pipeline.weights import HubWeights
+from pipeline.weights_hub import HubWeights
 
 
 def build_plip(config: Path | None = None, state=None, **overrides):

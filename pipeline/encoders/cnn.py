@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pipeline.encoders.spec import HALF, IMAGENET_MEAN, IMAGENET_STD, EncoderSpec
 from pipeline.errors import PipelineError
-from pipeline.weights import HubWeights, PackageWeights
+from pipeline.weights import PackageWeights
+from pipeline.weights_hub import HubWeights
 
 
 def build_resnet50_trunc(config=None, state=None, **overrides):

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.encoders.spec import HALF, IMAGENET_MEAN, IMAGENET_STD, EncoderSpec
 from pipeline.errors import PipelineError
-from pipeline.weights import HubWeights
+from pipeline.weights_hub import HubWeights
 
 #: Dinov2Config fields that change what the model computes (checked against a shipped config.json).
 COMPUTE_FIELDS = (

@@ -23,12 +23,12 @@ from pipeline.errors import PipelineError
 from pipeline.weights import (
     PackageWeights,
     ResolvedWeights,
-    fetch_hub_file,
     load_strict,
     local_weight_files,
     read_state_dict,
     warn_random,
 )
+from pipeline.weights_hub import fetch_hub_file
 
 RANDOM_SEED = 0
 

@@ -19,7 +19,7 @@ from pipeline.encoders.spec import (
     IMAGENET_STD,
     EncoderSpec,
 )
-from pipeline.weights import HubWeights
+from pipeline.weights_hub import HubWeights
 
 
 def recipe(architecture: str, **kwargs: Any) -> dict[str, Any]:

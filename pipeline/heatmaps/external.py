@@ -35,7 +35,7 @@ def external_heatmaps(
     index_path.unlink(missing_ok=True)
     job.outdir.mkdir(parents=True, exist_ok=True)
     model, meta = FoldFolder(model_dir).load_model(job.device)
-    task = task_from_metadata(meta["task"])
+    task = task_from_metadata(meta.task)
     bank = FeatureBank.load(features_dir)
     stores = find_feature_files(features_dir)
     entries, failed = {}, {}
@@ -44,7 +44,7 @@ def external_heatmaps(
         if wanted is not None and slide not in wanted:
             continue
         bag = Bag(slide, slide, (slide,), None, bank)
-        provenance = {"fold": meta.get("fold"), "role": "external", "model_dir": str(model_dir)}
+        provenance = {"fold": meta.fold, "role": "external", "model_dir": str(model_dir)}
         try:
             entry = score_slide_files(task, bag, slide, stores[slide], model, provenance, job, bank)
         except PipelineError as err:
@@ -54,7 +54,7 @@ def external_heatmaps(
         entry["label"] = (labels or {}).get(slide)
         entries[slide] = entry
     index = {
-        "method": meta["method"],
+        "method": meta.method,
         "task_type": task.type,
         "model_dir": str(model_dir),
         "slides": entries,
@@ -67,16 +67,10 @@ def external_heatmaps(
 
 def heatmap_job(outdir: Path, method: str, features_dir: Path, device: str, k: int, config=None):
     """A :class:`HeatmapJob` drawn with the config's ``heatmaps`` options (schema defaults without one)."""
-    from pipeline.config import section
     from pipeline.heatmaps.render import RenderOptions
+    from pipeline.settings import heatmap_settings
 
-    cfg = section(config, "heatmaps")
-    options = RenderOptions(
-        score=cfg["score"],
-        normalise=cfg["normalise"],
-        alpha=cfg["alpha"],
-        cmap=cfg["cmap"],
-        max_side=cfg["max_side"],
-    )
-    k = cfg["k"] if k is None else k
+    cfg = heatmap_settings(config)
+    options = RenderOptions.from_settings(cfg)
+    k = cfg.k if k is None else k
     return HeatmapJob(method, {}, Path(outdir), Path(features_dir), options, k, None, device)

@@ -28,6 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.heatmaps.render import RenderOptions
 from pipeline.log import get_logger
 from pipeline.mil.data import Bag, FeatureBank, find_feature_files
+from pipeline.mil.folder import ModelRecord
 from pipeline.mil.splits import fold_roles
 from pipeline.mil.tasks import ClassificationTask, Task
 
@@ -111,15 +112,14 @@ def prediction_of(task: Task):
     return predict
 
 
-def _check_model(meta: dict[str, Any], job: HeatmapJob, fold: int, where: Path) -> None:
+def _check_model(meta: ModelRecord, job: HeatmapJob, fold: int, where: Path) -> None:
     """The fold's model is ``job.method``'s: a variant's folds record their base method as ``method``
     (what rebuilds the network) and their own name as ``variant``."""
     problems = []
-    name = meta.get("variant") or meta.get("method")
-    if name != job.method:
-        problems.append(f"it is a {name} model, not {job.method}")
-    if meta.get("fold") is not None and int(meta["fold"]) != fold:
-        problems.append(f"it was trained on fold {meta['fold']}, the folder says {fold}")
+    if meta.name != job.method:
+        problems.append(f"it is a {meta.name} model, not {job.method}")
+    if meta.fold is not None and meta.fold != fold:
+        problems.append(f"it was trained on fold {meta.fold}, the folder says {fold}")
     if problems:
         raise PipelineError(where, "; ".join(problems), "Pass this method's own fold folders.")
 

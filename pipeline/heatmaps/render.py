@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.heatmaps.store import ScoreStore
+from pipeline.settings import HeatmapSettings
 from pipeline.slides import Slide, _finest_level_not_coarser, read_at_mpp
 from pipeline.tissue import TissueParams, segment_rgb
 
@@ -49,6 +50,19 @@ class RenderOptions:
         None  # x, y, w, h in level-0 px (default: whole slide)
     )
     contours: bool = True
+
+    @classmethod
+    def from_settings(
+        cls, settings: HeatmapSettings, score: str | None = None, max_side: int | None = None
+    ) -> RenderOptions:
+        """The drawing options of the ``heatmaps`` settings; ``score``/``max_side`` (CLI) override."""
+        return cls(
+            score=score or settings.score,
+            normalise=settings.normalise.value,
+            alpha=settings.alpha,
+            cmap=settings.cmap,
+            max_side=max_side or settings.max_side,
+        )
 
 
 @dataclass(frozen=True)

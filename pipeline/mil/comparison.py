@@ -13,14 +13,17 @@ that is a MIL method. Separately, every MIL method is checked against the mean-p
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.layout import fold_repeat
+from pipeline.layout import fold_repeat, summary_fold_dirs
 from pipeline.methods import MEAN_POOL_REFERENCE, default_reference, is_reference_baseline
 from pipeline.mil.folder import FoldFolder
 from pipeline.stats import MethodResults, compare_methods, summarise_method
@@ -75,9 +78,38 @@ def comparison(
     return compare_methods(reference, other, task_type, n_boot=n_boot, seed=seed)
 
 
+@dataclass(frozen=True)
+class SummaryRecord:
+    """What the comparisons need of one ``summary.json``: the method, task type and cohort, and where
+    its per-fold results are (the fold folders beside it, or an external cohort's prediction files
+    ``(repeat, fold, csv, json)``)."""
+
+    method: str
+    task_type: str
+    cohort: str = "cv"
+    fold_dirs: tuple[str, ...] = ()
+    files: tuple[tuple[int, int, str, str], ...] = ()
+
+    @property
+    def external(self) -> bool:
+        return self.cohort.startswith("external")
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> SummaryRecord:
+        data = json.loads(Path(path).read_text())
+        files = tuple((int(r), int(k), str(c), str(j)) for r, k, c, j in data.get("files", []))
+        return cls(
+            method=str(data["method"]),
+            task_type=str(data["task_type"]),
+            cohort=str(data.get("cohort") or "cv"),
+            fold_dirs=tuple(summary_fold_dirs(path, data)),
+            files=files,
+        )
+
+
 def add_comparisons(
     table: pd.DataFrame,
-    summaries: Sequence[dict[str, Any]],
+    summaries: Sequence[SummaryRecord],
     reference: str | None = None,
     *,
     n_boot: int = N_BOOT,
@@ -104,18 +136,17 @@ def add_comparisons(
 
     def results(i: int) -> MethodResults:
         s = summaries[i]
-        if i not in cache and str(s.get("cohort")).startswith("external"):
-            files = [(int(r), int(k), c, j) for r, k, c, j in s["files"]]
-            cache[i] = external_results(s["method"], files, s["task_type"])
+        if i not in cache and s.external:
+            cache[i] = external_results(s.method, list(s.files), s.task_type)
         elif i not in cache:
-            cache[i] = method_results(s["method"], s["fold_dirs"])
+            cache[i] = method_results(s.method, list(s.fold_dirs))
         return cache[i]
 
     records: dict[tuple[int, int], dict[str, Any]] = {}
 
     def compare(r: int, i: int, cohort: str) -> dict[str, Any]:
         if (r, i) not in records:
-            task_type = summaries[i]["task_type"]
+            task_type = summaries[i].task_type
             if str(cohort).startswith("external"):
                 records[r, i] = external_comparison(
                     results(r), results(i), task_type, n_boot=n_boot

@@ -112,10 +112,9 @@ def variant_definition(fold_dir: str | os.PathLike, method: str) -> str:
     with, from ``model.json``); '' for a method, or a fold written before variants were recorded."""
     from pipeline.settings import describe_variant
 
-    path = FoldFolder(fold_dir).file("model_json")
     try:
-        spec = (json.loads(path.read_text()).get("cfg") or {}).get("variants", {}).get(method)
-    except (OSError, ValueError, AttributeError):
+        spec = (FoldFolder(fold_dir).model_record().cfg or {}).get("variants", {}).get(method)
+    except (OSError, ValueError, AttributeError, PipelineError):
         return ""
     return describe_variant(spec) if isinstance(spec, dict) and "method" in spec else ""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,57 @@ from pipeline import layout
 from pipeline.checkpoints import load_tensors, save_tensors
 from pipeline.errors import PipelineError
 from pipeline.store import write_json, write_text
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """``model.json``: what rebuilds a trained network without its training data.
+
+    ``method`` is the base method (what :func:`pipeline.mil.models.create_mil_model` builds),
+    ``variant`` the name of a ``mil.variants`` entry trained from it; ``task`` is the task's own
+    metadata (:func:`pipeline.mil.tasks.task_from_metadata`) and ``cfg`` the ``mil`` settings, both
+    free-form by design (each task type and method has its keys). ``ensemble`` > 0: model.pt holds
+    that many members (``ensemble_members`` their labels). Keys this version does not know are kept
+    in ``extra``, so a record written by a newer version still reads.
+    """
+
+    method: str
+    in_dim: int
+    n_outputs: int
+    cfg: dict[str, Any]
+    task: dict[str, Any] = field(default_factory=dict)
+    fold: int | None = None
+    precision: str = "fp32"
+    protocol: str = "holdout"
+    selection: str | None = None
+    optimistic: bool = False
+    version: str = ""
+    variant: str | None = None
+    ensemble: int = 0
+    ensemble_members: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """What the user called it: the variant's name, else the method."""
+        return self.variant or self.method
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str | os.PathLike) -> ModelRecord:
+        """The record of a ``model.json`` dict; a missing key is one line naming the file."""
+        missing = [k for k in ("method", "in_dim", "n_outputs", "cfg") if k not in data]
+        if missing:
+            raise PipelineError(
+                where, f"{layout.MODEL_META} lacks {', '.join(missing)}", "Re-train this fold."
+            )
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        values["in_dim"], values["n_outputs"] = int(data["in_dim"]), int(data["n_outputs"])
+        values["fold"] = None if data.get("fold") is None else int(data["fold"])
+        values["ensemble"] = int(data.get("ensemble") or 0)
+        members = data.get("ensemble_members")
+        values["ensemble_members"] = None if members is None else tuple(members)
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
 
 class FoldFolder:
@@ -73,11 +125,16 @@ class FoldFolder:
             )
         return json.loads(path.read_text())
 
+    def model_record(self) -> ModelRecord:
+        """``model.json`` alone (no torch): what the fold's model is."""
+        path = self.file("model_json")
+        return ModelRecord.from_json(json.loads(path.read_text()), path)
+
     def predictions(self) -> pd.DataFrame:
         return pd.read_csv(self.file("predictions"))
 
-    def _checkpoint(self, cause: str, remedy: str) -> tuple[dict[str, Any], Path]:
-        """``(model.json dict, model.pt path)``; ``cause``/``remedy`` say what is wrong when either is absent."""
+    def _checkpoint(self, cause: str, remedy: str) -> tuple[ModelRecord, Path]:
+        """``(model.json record, model.pt path)``; ``cause``/``remedy`` say what is wrong when either is absent."""
         meta_path, weights = self.file("model_json"), self.file("model")
         if not meta_path.is_file() or not weights.is_file():
             raise PipelineError(
@@ -85,10 +142,10 @@ class FoldFolder:
                 f"{cause} ({layout.MODEL_WEIGHTS} and {layout.MODEL_META} expected)",
                 remedy,
             )
-        return json.loads(meta_path.read_text()), weights
+        return ModelRecord.from_json(json.loads(meta_path.read_text()), meta_path), weights
 
-    def load_model(self, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
-        """``(model in eval mode on device, model.json dict)``, rebuilt from model.json + model.pt."""
+    def load_model(self, device: Any = "cpu") -> tuple[Any, ModelRecord]:
+        """``(model in eval mode on device, its model.json record)``, rebuilt from model.json + model.pt."""
         import torch
 
         from pipeline.device import resolve_device
@@ -99,15 +156,13 @@ class FoldFolder:
         )
 
         def build():
-            return create_mil_model(
-                meta["method"], int(meta["in_dim"]), int(meta["n_outputs"]), meta["cfg"]
-            )
+            return create_mil_model(meta.method, meta.in_dim, meta.n_outputs, meta.cfg)
 
-        if meta.get("ensemble"):
+        if meta.ensemble:
             from pipeline.mil.models.ensemble import EnsembleMIL
 
-            k = int(meta["ensemble"])
-            model = EnsembleMIL([build() for _ in range(k)], meta.get("ensemble_members"))
+            members = None if meta.ensemble_members is None else list(meta.ensemble_members)
+            model = EnsembleMIL([build() for _ in range(meta.ensemble)], members)
         else:
             model = build()
         state = load_tensors(weights, "model weights", "Re-train this fold.")
@@ -116,7 +171,7 @@ class FoldFolder:
         except RuntimeError as err:
             raise PipelineError(
                 weights,
-                f"weights do not fit the {meta['method']} model ({err})",
+                f"weights do not fit the {meta.method} model ({err})",
                 f"{layout.MODEL_WEIGHTS} and {layout.MODEL_META} must come from the same training run.",
             ) from err
         device = resolve_device(device) if not isinstance(device, torch.device) else device
@@ -146,13 +201,13 @@ class FoldFolder:
             f"Train the {baseline} baseline of this fold into {self.path} first.",
         )
         problems = []
-        if meta.get("method") != baseline:
-            problems.append(f"it is a {meta.get('method')} model, {method} needs {baseline}")
-        if fold is not None and meta.get("fold") is not None and int(meta["fold"]) != int(fold):
-            problems.append(f"it was trained on fold {meta['fold']}, this is fold {fold}")
-        if int(meta.get("in_dim", -1)) != in_dim or int(meta.get("n_outputs", -1)) != n_outputs:
+        if meta.method != baseline:
+            problems.append(f"it is a {meta.method} model, {method} needs {baseline}")
+        if fold is not None and meta.fold is not None and meta.fold != int(fold):
+            problems.append(f"it was trained on fold {meta.fold}, this is fold {fold}")
+        if meta.in_dim != in_dim or meta.n_outputs != n_outputs:
             problems.append(
-                f"it has in_dim {meta.get('in_dim')} / {meta.get('n_outputs')} outputs, "
+                f"it has in_dim {meta.in_dim} / {meta.n_outputs} outputs, "
                 f"this run {in_dim} / {n_outputs}"
             )
         if problems:
@@ -162,10 +217,10 @@ class FoldFolder:
                 f"Pass --teacher-init with the {baseline} model of fold {fold}.",
             )
         state = load_tensors(weights, "teacher weights", "Re-train the baseline.")
-        k = int(meta.get("ensemble") or 0)
+        k = meta.ensemble
         if not k:
             return state
-        labels = meta.get("ensemble_members") or [f"inner{i}" for i in range(k)]
+        labels = list(meta.ensemble_members or [f"inner{i}" for i in range(k)])
         if member is None:  # a whole-training-part model: the baseline's own, else its first member
             index = labels.index("whole") if "whole" in labels else 0
         else:

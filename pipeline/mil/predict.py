@@ -63,7 +63,7 @@ def predict(
     """Scores for every slide/case of ``features_dir``; metrics too when ``labels`` is given."""
     device = resolve_device(device)
     model, meta = FoldFolder(model_dir).load_model(device)
-    task = task_from_metadata(meta["task"])
+    task = task_from_metadata(meta.task)
     if labels is not None:
         task = labelled_task(task, labels, slides_table)
         bank = FeatureBank.load(features_dir, task.wanted_slides())
@@ -72,15 +72,15 @@ def predict(
     else:
         bank = FeatureBank.load(features_dir)
         bags = unlabelled_bags(task, bank, slides_table)
-    if bank.dim is not None and bank.dim != int(meta["in_dim"]):
+    if bank.dim is not None and bank.dim != meta.in_dim:
         raise PipelineError(
             features_dir,
-            f"features are {bank.dim}-d, the model expects {meta['in_dim']}-d",
+            f"features are {bank.dim}-d, the model expects {meta.in_dim}-d",
             "Use features from the encoder the model was trained on.",
         )
     if not bags:
         raise PipelineError(features_dir, "no slide to predict", "Check the features directory.")
-    precision = meta.get("precision", "fp32")  # as trained, so fold predictions reproduce
+    precision = meta.precision  # as trained, so fold predictions reproduce
     outputs, _, seconds = run_inference(model, task, bags, device, precision)
     if not np.isfinite(outputs).all():  # never a label without a score
         bad = [b.bag_id for b, row in zip(bags, outputs, strict=True) if not np.isfinite(row).all()]
@@ -92,13 +92,13 @@ def predict(
     result: dict[str, Any] = {
         "predictions": task.prediction_frame(bags, outputs, None),
         "slide_ids": [s for b in bags for s in b.slide_ids],  # what was predicted (not written)
-        "method": meta["method"],
+        "method": meta.method,
         "model_dir": str(model_dir),
         "bags": len(bags),
         "inference_slides_per_second": sum(len(b.slide_ids) for b in bags) / max(seconds, 1e-9),
         "missing_slides": bank.missing,
         "empty_slides": bank.empty,
-        "optimistic_model": bool(meta.get("optimistic")),
+        "optimistic_model": bool(meta.optimistic),
     }
     if labels is not None:
         result["metrics"] = task.metrics({"external": (bags, outputs)}, threshold_role="training")[
@@ -108,7 +108,7 @@ def predict(
     log.info(
         "predicted %d bag(s) with %s from %s in %.2f s",
         len(bags),
-        meta["method"],
+        meta.method,
         model_dir,
         seconds,
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,56 +26,26 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipeline import layout, tables
-from pipeline.cohort import EVENT_WORDS, survival_record
+from pipeline import layout
+from pipeline.cohort import TASK_TYPES
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil import metrics as M
 from pipeline.mil import survival as S
 from pipeline.mil.data import Bag, FeatureBank
+from pipeline.mil.prediction_frames import classification_frame, survival_frame
+from pipeline.mil.task_tables import (
+    clean_survival,
+    detect_task_type,
+    label_str,
+    majority,
+    read_table,
+    sort_labels,
+)
 from pipeline.settings import MILSettings
 from pipeline.stats.metrics import auc, concordance_index
 
 log = get_logger("mil.task")
-TASK_TYPES = ("classification", "survival")
-
-
-# --- tables -------------------------------------------------------------------------------------------
-def read_table(path: str | os.PathLike, required: Sequence[str], what: str) -> pd.DataFrame:
-    """Read a CSV with string ids, normalised as the workflow reads it (:mod:`pipeline.tables`:
-    BOM, CRLF, spaces around headers and values, NFC); one clear error when absent or lacking a column."""
-    df = tables.read_table(path, required, f"{what} table").frame()
-    for col in tables.ID_COLUMNS:
-        if col in df.columns:
-            df[col] = df[col].astype(str)
-    return df
-
-
-def detect_task_type(path: str | os.PathLike) -> str:
-    """``survival`` when the table has ``time`` and ``event`` columns, else ``classification``."""
-    cols = set(tables.read_table(path).columns) if Path(path).exists() else set()
-    return "survival" if {"time", "event"} <= cols else "classification"
-
-
-def _label_str(value: Any) -> str:
-    """Labels as text; ``1.0`` (an int column with gaps, read as float) becomes ``1``."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def _sort_labels(values) -> list[str]:
-    """Distinct labels, numeric order when all are numbers, else text order."""
-    values = list(pd.unique(pd.Series(values)))
-    try:
-        return sorted(values, key=float)
-    except (TypeError, ValueError):
-        return sorted(values, key=str)
-
-
-def _majority(series: pd.Series) -> str:
-    counts = series.astype(str).value_counts()
-    return sorted(counts[counts == counts.max()].index)[0]
 
 
 class Task:
@@ -164,9 +133,9 @@ class ClassificationTask(Task):
                 raise PipelineError(
                     source, f"slide {dup.iloc[0]} is listed twice", "Give each slide one row."
                 )
-            df["label"] = df["label"].map(_label_str)
+            df["label"] = df["label"].map(label_str)
             self.classes = (
-                _sort_labels(df["label"]) if classes is None else [str(c) for c in classes]
+                sort_labels(df["label"]) if classes is None else [str(c) for c in classes]
             )
             unknown = sorted(set(df["label"]) - set(self.classes))
             if unknown:
@@ -200,7 +169,7 @@ class ClassificationTask(Task):
         return bags
 
     def case_strata(self) -> tuple[pd.Series, pd.Series]:
-        strata = self.table.groupby("case_id")["label"].agg(_majority)
+        strata = self.table.groupby("case_id")["label"].agg(majority)
         return strata, strata
 
     def loss_fn(self, bag: Bag) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -244,27 +213,7 @@ class ClassificationTask(Task):
         return result
 
     def prediction_frame(self, bags, outputs, role):
-        df = pd.DataFrame(
-            {
-                "slide_id": [b.bag_id for b in bags],
-                "case_id": [b.case_id for b in bags],
-            }
-        )
-        if role is not None:
-            df["role"] = role
-        if bags and bags[0].target is not None:
-            df["label"] = [self.classes[int(b.target)] for b in bags]
-        scores = pd.DataFrame(
-            np.asarray(outputs).reshape(len(bags), -1), columns=self.output_columns()
-        )
-        df = pd.concat([df, scores], axis=1)
-        pred = (
-            M.hard_predictions(np.asarray(outputs).reshape(len(bags), -1), self.threshold)
-            if len(bags)
-            else []
-        )
-        df["prediction"] = [self.classes[i] for i in pred]
-        return df
+        return classification_frame(bags, outputs, role, self.classes, self.threshold)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -300,32 +249,8 @@ class SurvivalTask(Task):
             table if table is not None else pd.DataFrame(columns=["case_id", "time", "event"])
         )
         if table is not None:
-            self.table = self._clean(table, source)
+            self.table = clean_survival(table, source)
         self.slides = slides  # slide_id -> case_id mapping (None: slide ids are case ids)
-
-    @staticmethod
-    def _clean(df: pd.DataFrame, source: str) -> pd.DataFrame:
-        df = df.copy()
-        # which rows count is pipeline.cohort's rule, the one the workflow chooses slides by
-        records = [survival_record(t, e) for t, e in zip(df["time"], df["event"], strict=True)]
-        bad = pd.Series([r is None for r in records], index=df.index, dtype=bool)
-        df["time"] = pd.to_numeric(df["time"], errors="coerce")
-        ev = df["event"].map(lambda v: EVENT_WORDS.get(str(v).strip().lower(), v))
-        df["event"] = pd.to_numeric(ev, errors="coerce")
-        for case in df.loc[bad, "case_id"]:
-            log.warning(
-                "case %s: time/event missing or invalid in %s (time >= 0, event 0/1); left out",
-                case,
-                source,
-            )
-        df = df[~bad]
-        dup = df["case_id"][df["case_id"].duplicated()]
-        if len(dup):
-            raise PipelineError(
-                source, f"case {dup.iloc[0]} is listed twice", "Give each case one row."
-            )
-        df["event"] = df["event"].astype(int)
-        return df.drop_duplicates("case_id").reset_index(drop=True)[["case_id", "time", "event"]]
 
     @classmethod
     def from_csv(cls, path, slides_table=None, n_bins: int = 4) -> SurvivalTask:
@@ -441,22 +366,7 @@ class SurvivalTask(Task):
         return result
 
     def prediction_frame(self, bags, outputs, role):
-        df = pd.DataFrame(
-            {
-                "case_id": [b.case_id for b in bags],
-                "slide_ids": [";".join(b.slide_ids) for b in bags],
-            }
-        )
-        if role is not None:
-            df["role"] = role
-        if bags and bags[0].target is not None:
-            t, e = self._tte(bags)
-            df["time"], df["event"] = t, e
-            df["bin"] = [b.target[0] for b in bags]
-        scores = pd.DataFrame(
-            np.asarray(outputs).reshape(len(bags), -1), columns=self.output_columns()
-        )
-        return pd.concat([df, scores], axis=1)
+        return survival_frame(bags, outputs, role, self.output_columns())
 
     def metadata(self) -> dict[str, Any]:
         return {

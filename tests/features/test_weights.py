@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pipeline import weights as weights_module
+from pipeline import fingerprints, weights_hub
 from pipeline.encoders import create_encoder, get_spec
 from pipeline.errors import PipelineError
 from pipeline.weights import read_state_dict
@@ -246,9 +246,9 @@ def test_uni_token_without_access_is_one_clear_error(monkeypatch):
 
 def test_hub_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-    assert weights_module.hub_cache_dir() == tmp_path / "home" / "hub"
+    assert weights_hub.hub_cache_dir() == tmp_path / "home" / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    assert weights_module.hub_cache_dir() == tmp_path / "cache"
+    assert weights_hub.hub_cache_dir() == tmp_path / "cache"
 
 
 # --- foundation models from a hub cache, and the fingerprint cache -------------------------------
@@ -319,8 +319,8 @@ def test_dinov2_config_json_must_agree_with_the_recipe(offline_hub):
 
 def test_fingerprint_is_computed_once_per_file_size_and_mtime(tmp_path, monkeypatch, offline_hub):
     calls = []
-    real = weights_module.sha256_file
-    monkeypatch.setattr(weights_module, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = fingerprints.sha256_file
+    monkeypatch.setattr(fingerprints, "sha256_file", lambda p: calls.append(p) or real(p))
     state = create_encoder("efficientnet_lite0").trunk.state_dict()
     calls.clear()  # the package's own file was hashed once above
     file = tmp_path / "lite0.safetensors"
@@ -328,8 +328,8 @@ def test_fingerprint_is_computed_once_per_file_size_and_mtime(tmp_path, monkeypa
     first = create_encoder("efficientnet_lite0", str(file)).provenance["weights_sha256"]
     again = create_encoder("efficientnet_lite0", str(file)).provenance["weights_sha256"]
     assert first == again == sha256(file) and len(calls) == 1
-    cache = json.loads(weights_module.fingerprint_cache_path().read_text())
-    assert weights_module.fingerprint_cache_path().parent.parent == offline_hub  # under HF_HOME
+    cache = json.loads(fingerprints.fingerprint_cache_path().read_text())
+    assert fingerprints.fingerprint_cache_path().parent.parent == offline_hub  # under HF_HOME
     assert cache[str(file.resolve())]["sha256"] == first
 
     changed = {k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}

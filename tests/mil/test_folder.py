@@ -45,7 +45,7 @@ def test_round_trip(tmp_path):
     assert folder.metrics() == metrics
     pd.testing.assert_frame_equal(folder.predictions(), predictions)
     rebuilt, meta = folder.load_model("cpu")
-    assert meta["method"] == "abmil" and not rebuilt.training
+    assert meta.method == "abmil" and not rebuilt.training
     x = torch.randn(5, 6)
     torch.testing.assert_close(rebuilt(x)["logits"], model(x)["logits"], rtol=0, atol=0)
     saved = json.loads(folder.file("model_json").read_text())

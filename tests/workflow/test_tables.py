@@ -46,7 +46,7 @@ def test_messy_table_reads_as_the_clean_one(tmp_path):
     assert b.rows == a.rows and b.column("slide_id") == IDS
     assert NFD not in b.column("slide_id")
     # what `wsi-mil train/cv` build their task from
-    from pipeline.mil.tasks import read_table as task_table
+    from pipeline.mil.task_tables import read_table as task_table
 
     pd.testing.assert_frame_equal(
         task_table(messy, ["slide_id", "label"], "labels"),
