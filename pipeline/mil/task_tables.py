@@ -72,11 +72,16 @@ def clean_survival(df: pd.DataFrame, source: str) -> pd.DataFrame:
             case,
             source,
         )
-    df = df[~bad]
-    dup = df["case_id"][df["case_id"].duplicated()]
-    if len(dup):
-        raise PipelineError(
-            source, f"case {dup.iloc[0]} is listed twice", "Give each case one row."
-        )
+    df = refuse_repeats(df[~bad], "case_id", "case", source)
     df["event"] = df["event"].astype(int)
     return df.drop_duplicates("case_id").reset_index(drop=True)[["case_id", "time", "event"]]
+
+
+def refuse_repeats(df: pd.DataFrame, column: str, what: str, source: str) -> pd.DataFrame:
+    """``df`` unchanged, or one line naming the first ``what`` (slide, case) listed twice."""
+    dup = df[column][df[column].duplicated()]
+    if len(dup):
+        raise PipelineError(
+            source, f"{what} {dup.iloc[0]} is listed twice", f"Give each {what} one row."
+        )
+    return df

@@ -40,6 +40,7 @@ from pipeline.mil.task_tables import (
     label_str,
     majority,
     read_table,
+    refuse_repeats,
     sort_labels,
 )
 from pipeline.settings import MILSettings
@@ -127,12 +128,7 @@ class ClassificationTask(Task):
             unlabelled = df["label"].isna()
             for slide in df.loc[unlabelled, "slide_id"]:
                 log.warning("slide %s: empty label in %s; left out", slide, source)
-            df = df[~unlabelled]
-            dup = df["slide_id"][df["slide_id"].duplicated()]
-            if len(dup):
-                raise PipelineError(
-                    source, f"slide {dup.iloc[0]} is listed twice", "Give each slide one row."
-                )
+            df = refuse_repeats(df[~unlabelled], "slide_id", "slide", source)
             df["label"] = df["label"].map(label_str)
             self.classes = (
                 sort_labels(df["label"]) if classes is None else [str(c) for c in classes]
