@@ -182,7 +182,7 @@ def slide_html(data: dict[str, Any]) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{e(slide)} · {e(data["task"])}</title>
-<link rel="stylesheet" href="{LIB}/viewer.css">
+<link rel="icon" href="data:,"><link rel="stylesheet" href="{LIB}/viewer.css">
 </head><body>
 <header><a href="index.html">&larr; {e(data["task"])} cohort</a><h1>{e(slide)}</h1>
 <span class="what">{e(what)}; scroll to zoom, drag to pan, hover a patch for its scores</span></header>
@@ -216,7 +216,7 @@ def index_html(task: str, entries: list[SlideEntry], methods: list[str]) -> str:
     header = "".join(f'<th data-col="{i}">{e(h)}</th>' for i, h in enumerate(head))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(task)} · slide viewer</title>
-<link rel="stylesheet" href="{LIB}/viewer.css"></head><body class="index">
+<link rel="icon" href="data:,"><link rel="stylesheet" href="{LIB}/viewer.css"></head><body class="index">
 <header><a href="../../index.html">&larr; report</a><h1>{e(task)}: slides</h1>
 <span class="what">{len(entries)} slides; predictions are out of fold for the training cohort;
 click a column to sort, a slide to open it</span></header>

@@ -59,4 +59,5 @@ def scored_slide(tmp_path_factory) -> dict:
         "truth": truth,
         "heatmaps": heatmaps,
         "attention": attention,
+        "truth_fraction": truth_score,
     }

@@ -61,6 +61,9 @@ def test_full_dag_of_demo_config_has_one_job_per_slide_encoder_fold_method(
     assert counts["evaluate"] == tasks * encoders * len(methods)
     assert counts["heatmaps"] == tasks * encoders * len(methods)  # out-of-fold heatmaps, all slides
     assert counts["summary"] == counts["report"] == counts["all"] == 1
+    # the viewer: one pyramid per slide, one GeoJSON folder and one set of pages per task
+    assert counts["viewer_tiles"] == len(ids)
+    assert counts["geojson"] == counts["viewer"] == tasks
     # the slide listed in the labels but absent on disk: one clear line per task, and left out
     warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "'gone0'" in line]
     assert len(warnings) == tasks and all("not found in demo/data/slides" in w for w in warnings)

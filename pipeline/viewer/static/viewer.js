@@ -254,5 +254,10 @@
     draw();
   }
   window.wsiMil.panTo = panTo;
+  // level-0 px -> page px (the browser test checks the colour drawn there)
+  window.wsiMil.toPage = function (x0, y0) {
+    var t = transform(), r = viewer.canvas.getBoundingClientRect();
+    return { x: r.left + t.ox + x0 * t.kx, y: r.top + t.oy + y0 * t.ky };
+  };
   selectLayer(state.layer);
 })();

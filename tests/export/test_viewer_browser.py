@@ -1,0 +1,161 @@
+"""The viewer page in a real headless Chromium, from disk (file://) and behind `python -m http.server`:
+no console errors, the heatmap is drawn over the planted tumour in the top colour, and zooming in asks
+for the deepest level of tiles, which exist on disk.
+
+Chromium is Debian's package, driven by Playwright; when it is missing and we run as root with
+apt-get (CI), it is installed like the SLURM test installs its packages; otherwise the test skips.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.store import write_json
+from pipeline.viewer import browser
+
+pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) is not installed")
+pytestmark = pytest.mark.timeout(300)
+
+
+def _chromium() -> str:
+    path = browser.find_chromium()
+    if path:
+        return path
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("needs Debian's chromium (apt-get install chromium, as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+    if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        subprocess.run(install, env=env, capture_output=True, timeout=600, check=True)
+    return browser.find_chromium() or pytest.skip("chromium did not install")
+
+
+@pytest.fixture(scope="module")
+def site(scored_slide, tmp_path_factory) -> dict:
+    """The planted slide's pyramid, GeoJSON and viewer pages, laid out as in a results folder."""
+    s = scored_slide
+    root = tmp_path_factory.mktemp("viewer_site")
+    write_json(s["heatmaps"] / "index.json", {"slides": {"G1": {}}})
+    geojson = root / "geojson" / "tumour"
+    assert (
+        main(
+            [
+                "export-geojson",
+                str(s["tiles"]),
+                "--heatmaps",
+                str(s["heatmaps"]),
+                "-o",
+                str(geojson),
+            ]
+        )
+        == 0
+    )
+    pyramids = root / "report" / "slides"
+    assert main(["viewer-tiles", str(s["tiles"]), "-o", str(pyramids / "G1")]) == 0
+    pages = root / "report" / "viewer" / "tumour"
+    args = ["viewer", "--task", "tumour", "--heatmaps", str(s["heatmaps"])]
+    args += ["--tiles-dir", str(s["tiles"].parent), "--geojson", str(geojson)]
+    assert main([*args, "--pyramids", str(pyramids), "-o", str(pages)]) == 0
+    return {"root": root, "report": root / "report", "page": pages / "G1.html"}
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with browser.browser(_chromium()) as handle:
+        yield handle
+
+
+def _pixel(page, x: float, y: float) -> np.ndarray:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    return np.asarray(image)[int(round(y)), int(round(x))].astype(int)
+
+
+def _centre(scored_slide, index: int) -> tuple[float, float]:
+    side = int(scored_slide["attrs"]["level0_patch_size"])
+    x, y = scored_slide["coords"][index]
+    return x + side / 2, y + side / 2
+
+
+def _check_heatmap_and_zoom(page, scored_slide, site) -> None:
+    # the heatmap alone, fully opaque: the planted tumour's top patch is jet's dark red end and
+    # the lowest-scoring tissue patch its blue end
+    page.evaluate(
+        "() => { const m = window.wsiMil; m.state.opacity = 1; m.state.tissue = false; m.draw(); }"
+    )
+    attention = scored_slide["attention"]
+    top, low = int(np.argmax(attention)), int(np.argmin(attention))
+    assert scored_slide["truth_fraction"][top] == 1.0 and scored_slide["truth_fraction"][low] == 0.0
+    for index, (r_min, b_max) in ((top, (100, 60)), (low, (None, None))):
+        at = page.evaluate(
+            "([x, y]) => window.wsiMil.toPage(x, y)", list(_centre(scored_slide, index))
+        )
+        r, g, b = _pixel(page, at["x"], at["y"])
+        if index == top:
+            assert r >= r_min and g <= 60 and b <= b_max, (r, g, b)
+        else:
+            assert b >= 100 and r <= 60, (r, g, b)
+    # zoom to the top patch: the deepest written level is requested and every tile drawn exists
+    pyramid = page.evaluate("window.wsiMil.pyramid")
+    page.evaluate(f"() => {{ window.wsiMil.panTo({top}); }}")
+    browser.wait_drawn(page)
+    loaded = page.evaluate("window.wsiMil.state.loaded")
+    assert page.evaluate("window.wsiMil.state.failed") == []
+    assert max(level for level, _ in loaded) == pyramid["top_level"]
+    for _, url in loaded:  # relative to the page, in both settings
+        assert (site["page"].parent / unquote(url)).resolve().is_file(), url
+
+
+def test_page_from_disk_draws_the_heatmap_and_deep_tiles(chromium, site, scored_slide):
+    page, console = browser.open_page(chromium, site["page"].as_uri())
+    assert console.errors == []
+    layers = page.evaluate("window.wsiMil.data.layers.map(l => l.id)")
+    assert layers == ["enc/abmil: attention", "enc/abmil: instance_prob"]
+    _check_heatmap_and_zoom(page, scored_slide, site)
+    assert console.errors == []
+    index, console = chromium.new_page(), browser.Console()
+    index.on("pageerror", lambda e: console.errors.append(str(e)))
+    index.goto(site["page"].with_name("index.html").as_uri())
+    assert index.locator('a[href="G1.html"]').count() == 1 and console.errors == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_page_behind_a_static_http_server(chromium, site, scored_slide):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=site["root"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(50):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/report/viewer/tumour/G1.html"
+        page, console = browser.open_page(chromium, url)
+        _check_heatmap_and_zoom(page, scored_slide, site)
+        assert console.errors == []
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
