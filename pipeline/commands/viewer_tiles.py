@@ -44,5 +44,7 @@ def run(args) -> int:
         slide_id=slide,
         options=options,
         threads=args.threads,
+        reader=tiles.reader,
+        expect_size=tiles.attrs.get("slide_size"),
     )
     return 0

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.log import get_logger
+from pipeline.slides import open_slide
 from pipeline.store import atomic_path
 
 PYRAMID_JS = "pyramid.js"
@@ -72,23 +73,25 @@ def write_pyramid(
     slide_id: str,
     options: PyramidOptions,
     threads: int = 1,
+    reader: str = "auto",
+    expect_size: tuple[int, int] | list[int] | None = None,
 ) -> dict[str, Any]:
     """Write the pyramid of one slide into ``out`` (atomically: the folder appears complete or not
-    at all) and return its geometry."""
-    import openslide
+    at all) and return its geometry; ``expect_size`` (the tile store's) refuses a changed slide."""
     from openslide.deepzoom import DeepZoomGenerator
 
     log = get_logger("viewer-tiles", slide_id)
     t0 = time.perf_counter()
-    try:
-        handle = openslide.OpenSlide(str(slide_path))
-    except openslide.OpenSlideError:  # formats OpenSlide lacks: tiffslide speaks the same API
-        import tiffslide
-
-        handle = tiffslide.TiffSlide(str(slide_path))
-    with handle:
+    with open_slide(slide_path, reader) as slide:
+        if expect_size is not None and tuple(expect_size) != tuple(slide.dimensions):
+            raise PipelineError(
+                slide_path,
+                f"slide is {list(slide.dimensions)} px, its tile store recorded {list(expect_size)}",
+                "The slide changed since tiling; re-run `wsi-mil tile`.",
+            )
+        # OpenSlide and tiffslide handles speak the API DeepZoomGenerator uses
         dz = DeepZoomGenerator(
-            handle, tile_size=options.tile_size, overlap=options.overlap, limit_bounds=False
+            slide.handle, tile_size=options.tile_size, overlap=options.overlap, limit_bounds=False
         )
         top = top_level(dz.level_count, slide_mpp, options.max_um_per_px)
         jobs = [

@@ -108,10 +108,24 @@ def _check_heatmap_and_zoom(page, scored_slide, site) -> None:
             assert r >= r_min and g <= 60 and b <= b_max, (r, g, b)
         else:
             assert b >= 100 and r <= 60, (r, g, b)
-    # zoom to the top patch: the deepest written level is requested and every tile drawn exists
+    # hovering the top patch names its level-0 coordinates and scores
+    at = page.evaluate("([x, y]) => window.wsiMil.toPage(x, y)", list(_centre(scored_slide, top)))
+    page.mouse.move(at["x"], at["y"])
+    tip = page.locator("#tip")
+    assert tip.is_visible()
+    x, y = (int(v) for v in scored_slide["coords"][top])
+    lines = tip.inner_text().splitlines()
+    assert f"at ({x}, {y}) level 0" in lines[0]
+    shown = float(next(v for v in lines if v.startswith("enc/abmil: attention = ")).split("= ")[1])
+    assert shown == pytest.approx(float(attention[top]), rel=1e-4)
+    # the first top-k thumbnail pans and zooms to the top patch: the deepest written level is
+    # requested and every tile drawn exists
     pyramid = page.evaluate("window.wsiMil.pyramid")
-    page.evaluate(f"() => {{ window.wsiMil.panTo({top}); }}")
+    zoom = page.evaluate("window.wsiMil.viewer.viewport.getZoom()")
+    page.locator("#topk img").first.click()
     browser.wait_drawn(page)
+    assert page.evaluate("window.wsiMil.state.focus") == top
+    assert page.evaluate("window.wsiMil.viewer.viewport.getZoom()") > 2 * zoom
     loaded = page.evaluate("window.wsiMil.state.loaded")
     assert page.evaluate("window.wsiMil.state.failed") == []
     assert max(level for level, _ in loaded) == pyramid["top_level"]
@@ -159,3 +173,31 @@ def test_page_behind_a_static_http_server(chromium, site, scored_slide):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_cohort_index_sorts_by_a_clicked_column(chromium, tmp_path):
+    from pipeline.viewer.assets import copy_assets
+    from pipeline.viewer.data import SlideEntry
+    from pipeline.viewer.pages import index_html
+
+    entries = [
+        SlideEntry("S1", "cv", "C1", "tumor", 0, {"enc/abmil": 0.7}, {"enc/abmil": 0.3}),
+        SlideEntry("S2", "cv", "C2", "normal", 1, {"enc/abmil": 0.1}, {"enc/abmil": 0.1}),
+        SlideEntry("S3", "external", "C3", None, None, {"enc/abmil": 0.4}, {"enc/abmil": None}),
+    ]
+    copy_assets(tmp_path)
+    (tmp_path / "index.html").write_text(index_html("tumour", entries, ["enc/abmil"]))
+    page, errors = chromium.new_page(), []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((tmp_path / "index.html").as_uri())
+
+    def order() -> list[str]:
+        return page.locator("#cohort tbody tr td:first-child").all_inner_texts()
+
+    page.locator("th", has_text="prediction enc/abmil").click()
+    assert order() == ["S2", "S3", "S1"]
+    page.locator("th", has_text="prediction enc/abmil").click()
+    assert order() == ["S1", "S3", "S2"]
+    page.locator("th", has_text="error enc/abmil").click()
+    assert order() == ["S2", "S1", "S3"]  # no error (external, unlabelled) sorts last
+    assert errors == []
