@@ -241,3 +241,12 @@ def test_snakemake_lint_passes(tmp_path, snakemake):
     fake_cohort(tmp_path, n_slides=2, missing=0)
     proc = snakemake(tmp_path, "--lint", "--configfile", str(REPO / "workflow" / "demo.yaml"))
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_viewer_off_leaves_no_viewer_job(tmp_path, snakemake, job_counts):
+    fake_cohort(tmp_path, n_slides=3, missing=0)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**DEMO, "viewer": {"enabled": False}}))
+    counts = job_counts(snakemake(tmp_path, "-n", "--configfile", str(cfg)).stdout)
+    assert counts["report"] == 1
+    assert not {"viewer_tiles", "geojson", "viewer"} & set(counts)
