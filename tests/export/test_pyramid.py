@@ -58,3 +58,19 @@ def test_a_changed_slide_is_refused_and_nothing_is_written(scored_slide, tmp_pat
             options=PyramidOptions(), expect_size=[100, 100],
         )  # fmt: skip
     assert not (tmp_path / "G1").exists()
+
+
+def test_a_level_whose_size_was_rounded_still_serves_its_downsample():
+    from types import SimpleNamespace
+
+    from pipeline.viewer.pyramid import _Levels
+
+    # 5380 x 3751 stored at 1345 x 937 and 336 x 234: OpenSlide's downsamples 4.0016 and 16.03
+    handle = SimpleNamespace(
+        level_downsamples=(1.0, (4.0 + 3751 / 937) / 2, (5380 / 336 + 3751 / 234) / 2)
+    )
+    levels = _Levels(handle)
+    assert [levels.get_best_level_for_downsample(d) for d in (1, 2, 3.9, 4, 8, 16, 64)] == [
+        0, 0, 0, 1, 1, 2, 2,
+    ]  # fmt: skip
+    assert levels.level_downsamples is handle.level_downsamples  # everything else passes through
