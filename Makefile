@@ -31,12 +31,12 @@ demo: $(STAMP) $(NODE) $(DEMO)/data/labels.csv
 		--set-threads train=1
 	@echo "Report: $(DEMO)/results/report/index.html"
 
-lint: $(STAMP) $(NODE)
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
-test: lint
+test: lint $(NODE)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q --durations=25 tests
 
 clean-demo:

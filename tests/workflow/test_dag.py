@@ -250,3 +250,13 @@ def test_viewer_off_leaves_no_viewer_job(tmp_path, snakemake, job_counts):
     counts = job_counts(snakemake(tmp_path, "-n", "--configfile", str(cfg)).stdout)
     assert counts["report"] == 1
     assert not {"viewer_tiles", "geojson", "viewer"} & set(counts)
+
+
+def test_missing_viewer_library_stops_the_run_before_it_starts(tmp_path, snakemake, monkeypatch):
+    fake_cohort(tmp_path, n_slides=3, missing=0)
+    monkeypatch.setenv("WSI_MIL_OPENSEADRAGON", str(tmp_path / "nowhere"))
+    demo = str(REPO / "workflow" / "demo.yaml")
+    proc = snakemake(tmp_path, "-n", "--configfile", demo, check=False)
+    assert proc.returncode != 0
+    assert "OpenSeadragon is not installed" in proc.stdout + proc.stderr
+    assert "make venv" in proc.stdout + proc.stderr

@@ -13,6 +13,21 @@ def viewer_tasks():
     return list(TASKS)
 
 
+def check_viewer_library():
+    """Stop at the start, not after training, when the pages could not be written."""
+    from pipeline.errors import PipelineError
+    from pipeline.viewer.assets import openseadragon_dir
+
+    try:
+        openseadragon_dir()
+    except PipelineError as err:
+        raise WorkflowError(err.line())
+
+
+if viewer_tasks():
+    check_viewer_library()
+
+
 def viewer_slides(task):
     """A task's slides: its training cohort, then its external cohort."""
     return list(dict.fromkeys(TASK_SLIDES[task] + EXTERNAL_SLIDES.get(task, [])))
