@@ -4,6 +4,8 @@ for the deepest level of tiles, which exist on disk.
 
 Chromium is Debian's package, driven by Playwright; when it is missing and we run as root with
 apt-get (CI), it is installed like the SLURM test installs its packages; otherwise the test skips.
+Where Debian's firefox-esr is installed, the page is also opened from disk in Firefox (WebDriver BiDi,
+spoken by Firefox itself, driven from node: ``firefox_bidi.js``); skipped otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
@@ -201,3 +204,43 @@ def test_cohort_index_sorts_by_a_clicked_column(chromium, tmp_path):
     page.locator("th", has_text="error enc/abmil").click()
     assert order() == ["S2", "S1", "S3"]  # no error (external, unlabelled) sorts last
     assert errors == []
+
+
+def test_page_from_disk_in_firefox(site, tmp_path):
+    """Firefox (Debian's firefox-esr, over WebDriver BiDi from node): from file:// the tiles load,
+    the deepest level is reached after panning to the top patch, nothing fails or logs an error."""
+    firefox = shutil.which("firefox-esr") or shutil.which("firefox")
+    node = shutil.which("node")
+    if not firefox or not node:
+        pytest.skip("needs Debian's firefox-esr and node (apt-get install firefox-esr nodejs)")
+    import json
+
+    port = _free_port()
+    (tmp_path / "profile").mkdir()
+    browser_proc = subprocess.Popen(
+        [firefox, "--headless", "--no-remote", "--profile", str(tmp_path / "profile"),
+         "--remote-debugging-port", str(port)],
+        env={**os.environ, "HOME": str(tmp_path), "MOZ_CRASHREPORTER_DISABLE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        script = Path(__file__).with_name("firefox_bidi.js")
+        proc = subprocess.run(
+            [node, "--experimental-websocket", str(script), str(port), site["page"].as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        browser_proc.terminate()
+        browser_proc.wait(timeout=20)
+    assert "error" not in result, result
+    assert result["errors"] == [] and result["after"]["failed"] == []
+    assert result["before"]["levels"] and max(result["after"]["levels"]) == result["after"]["top"]
+    for level in result["after"]["levels"]:
+        assert 0 <= level <= result["after"]["top"]
