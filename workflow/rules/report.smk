@@ -6,7 +6,7 @@
 RUN_MANIFEST = {
     "slides": SLIDE_IDS,
     "encoders": ENCODERS,
-    "benchmarks": run_benchmarks(),
+    "benchmarks": run_benchmarks() + viewer_benchmarks(),
     "heatmaps": [os.path.relpath(d, RESULTS) for d in heatmap_outputs()],
     "viewer": [os.path.relpath(OUT.viewer_dir(t), RESULTS) for t in viewer_tasks()],
 }

@@ -58,3 +58,12 @@ def viewer_external_flag(w, input):
     if not input.external:
         return ""
     return "--external-heatmaps " + " ".join(shlex.quote(p) for p in input.external)
+
+
+def viewer_benchmarks():
+    """The viewer jobs' benchmark files, relative to the results (the report's run-time table)."""
+    if not viewer_tasks():
+        return []
+    jobs = [("viewer_tiles", s) for s in SLIDE_IDS]
+    jobs += [(rule, t) for t in viewer_tasks() for rule in ("geojson", "viewer")]
+    return [os.path.relpath(OUT.benchmark(*job), RESULTS) for job in jobs]
