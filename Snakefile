@@ -45,6 +45,7 @@ include: "workflow/rules/tiling.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/mil.smk"
 include: "workflow/rules/heatmaps.smk"
+include: "workflow/rules/viewer.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -52,3 +53,4 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+        viewer_outputs(),

@@ -26,6 +26,9 @@ Layout of ``results_dir``::
     external_all_cases/{task}/{encoder}/{method}/all_cases.csv|.json|summary.json
                                                its predictions/metrics/statistics on the cohort
     heatmaps/{task}/{encoder}/{method}/        out-of-fold score stores and pictures (HEATMAP_INDEX)
+    geojson/{task}/{slide}.geojson             QuPath objects: tissue, patches with scores, top-k
+    report/slides/{slide}/                     a slide's Deep Zoom pyramid (viewer tiles)
+    report/viewer/{task}/index.html            the task's cohort index and a page per slide
     summary.csv  report/index.html  report/slides.csv
     logs/{stage}/...log  benchmarks/{stage}/...tsv
 """
@@ -296,6 +299,27 @@ class Layout:
 
     def heatmap_index(self, task: str, encoder: str, method: str) -> str:
         return f"{self.heatmap_dir(task, encoder, method)}/{HEATMAP_INDEX}"
+
+    # --- slide viewer and QuPath export -------------------------------------------------------------
+    @property
+    def tiles_dir(self) -> str:
+        return self._join("tiles")
+
+    def geojson_dir(self, task: str) -> str:
+        """A task's GeoJSON files, one ``{slide}.geojson`` per slide (the geojson rule's folder)."""
+        return self._join("geojson", task)
+
+    @property
+    def viewer_pyramids_dir(self) -> str:
+        return self._join("report", "slides")
+
+    def viewer_pyramid(self, slide: str) -> str:
+        """One slide's Deep Zoom tiles and ``pyramid.js`` (shared by every task's pages)."""
+        return self._join("report", "slides", slide)
+
+    def viewer_dir(self, task: str) -> str:
+        """A task's viewer pages: ``index.html`` (the cohort) and ``{slide}.html`` per slide."""
+        return self._join("report", "viewer", task)
 
     # --- Snakemake's own files ----------------------------------------------------------------------
     def log(self, stage: str, *parts: str) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 import pipeline
 from pipeline.layout import Layout
 from pipeline.log import get_logger
-from pipeline.report import collect, comparisons, heatmaps, html, plots
+from pipeline.report import collect, comparisons, heatmaps, html, plots, viewer
 from pipeline.store import write_text
 
 log = get_logger("report")
@@ -118,9 +118,10 @@ def build_report(
         qc_links=links,
         config_text=collect.effective_config(results),
         extra=[
+            viewer.section(results, run.viewer, out),
             heatmaps.section(
                 results, run.heatmaps, out, {s: (thumbs[s], links[s]) for s in thumbs if s in links}
-            )
+            ),
         ],
     )
     write_text(out.with_name("slides.csv"), slide_table(slides).to_csv(index=False))

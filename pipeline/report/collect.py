@@ -33,6 +33,7 @@ class RunInputs:
     encoders: list[str]
     benchmarks: list[str] | None = None  # None: no run-time table
     heatmaps: list[str] | None = None  # heatmap folders (relative to the results); None: none
+    viewer: list[str] | None = None  # the tasks' viewer folders (relative to the results)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> RunInputs:
@@ -45,6 +46,7 @@ class RunInputs:
                 list(data["encoders"]),
                 data.get("benchmarks"),
                 data.get("heatmaps"),
+                data.get("viewer"),
             )
         except FileNotFoundError:
             raise PipelineError(

@@ -61,6 +61,9 @@ def test_full_dag_of_demo_config_has_one_job_per_slide_encoder_fold_method(
     assert counts["evaluate"] == tasks * encoders * len(methods)
     assert counts["heatmaps"] == tasks * encoders * len(methods)  # out-of-fold heatmaps, all slides
     assert counts["summary"] == counts["report"] == counts["all"] == 1
+    # the viewer: one pyramid per slide, one GeoJSON folder and one set of pages per task
+    assert counts["viewer_tiles"] == len(ids)
+    assert counts["geojson"] == counts["viewer"] == tasks
     # the slide listed in the labels but absent on disk: one clear line per task, and left out
     warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "'gone0'" in line]
     assert len(warnings) == tasks and all("not found in demo/data/slides" in w for w in warnings)
@@ -238,3 +241,22 @@ def test_snakemake_lint_passes(tmp_path, snakemake):
     fake_cohort(tmp_path, n_slides=2, missing=0)
     proc = snakemake(tmp_path, "--lint", "--configfile", str(REPO / "workflow" / "demo.yaml"))
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_viewer_off_leaves_no_viewer_job(tmp_path, snakemake, job_counts):
+    fake_cohort(tmp_path, n_slides=3, missing=0)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**DEMO, "viewer": {"enabled": False}}))
+    counts = job_counts(snakemake(tmp_path, "-n", "--configfile", str(cfg)).stdout)
+    assert counts["report"] == 1
+    assert not {"viewer_tiles", "geojson", "viewer"} & set(counts)
+
+
+def test_missing_viewer_library_stops_the_run_before_it_starts(tmp_path, snakemake, monkeypatch):
+    fake_cohort(tmp_path, n_slides=3, missing=0)
+    monkeypatch.setenv("WSI_MIL_OPENSEADRAGON", str(tmp_path / "nowhere"))
+    demo = str(REPO / "workflow" / "demo.yaml")
+    proc = snakemake(tmp_path, "-n", "--configfile", demo, check=False)
+    assert proc.returncode != 0
+    assert "OpenSeadragon is not installed" in proc.stdout + proc.stderr
+    assert "make venv" in proc.stdout + proc.stderr

@@ -80,6 +80,14 @@ def test_variants_repeats_and_external_cohort_in_the_dag(tmp_path, snakemake, jo
          f"demo/results/heatmaps_external/tumour/efficientnet_lite0/{m}")
         for m in ("abmil", "mhim_abmil", "mhim_abmil_no_grn")
     ]  # fmt: skip
+    # the viewer pages and GeoJSON cover both cohorts: every method's cv and external heatmaps
+    viewer = re.search(r"wsi-mil viewer --task tumour (.*?) --tiles-dir", proc.stdout).group(1)
+    geojson = re.search(r"wsi-mil export-geojson (.*?) -k", proc.stdout).group(1)
+    for m in ("abmil", "mhim_abmil", "mhim_abmil_no_grn"):
+        for top in ("heatmaps", "heatmaps_external"):
+            folder = f"demo/results/{top}/tumour/efficientnet_lite0/{m}"
+            assert folder in viewer.split() and folder in geojson.split()
+    assert counts["viewer_tiles"] == 6 + 4 and counts["viewer"] == counts["geojson"] == 1
 
 
 ALL_CASES_RULES = ("train_all_cases", "external_predict_all_cases", "external_evaluate_all_cases")

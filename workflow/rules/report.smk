@@ -6,8 +6,9 @@
 RUN_MANIFEST = {
     "slides": SLIDE_IDS,
     "encoders": ENCODERS,
-    "benchmarks": run_benchmarks(),
+    "benchmarks": run_benchmarks() + viewer_benchmarks(),
     "heatmaps": [os.path.relpath(d, RESULTS) for d in heatmap_outputs()],
+    "viewer": [os.path.relpath(OUT.viewer_dir(t), RESULTS) for t in viewer_tasks()],
 }
 write_if_changed(
     OUT.run_manifest, json.dumps(RUN_MANIFEST, indent=1, ensure_ascii=False) + "\n"
@@ -51,6 +52,7 @@ rule report:
         qc=[OUT.qc(s) for s in SLIDE_IDS],
         features=[OUT.features(e, s) for e in ENCODERS for s in SLIDE_IDS],
         heatmaps=heatmap_outputs(),
+        viewer=viewer_outputs(),
     output:
         html=report(
             OUT.report_html,
