@@ -1,0 +1,183 @@
+"""What the honest default costs: the ``ensemble_full`` selection against one holdout model per fold (issue 23).
+
+On one seeded synthetic cohort sized like the demo (``--bags`` slides of 60-180 x 1280 features, the
+demo encoder's width; binary labels with a planted signal), ``--folds`` outer folds by case, the demo's
+MIL settings (``epochs=20 patience=10``, everything else the workflow default: width 512, dropout 0.25,
+``precision: auto``), per method and fold, in this order and interleaved in one process, so the
+machine's load hits every arm alike:
+
+* ``holdout``: one model per fold, early stopping on the 15 % validation part (``selection=holdout``);
+* ``ensemble_full``: the default (3 inner-CV models + the whole-training-part model), as trained now
+  (the AB-MIL family's inner models batched, :mod:`pipeline.mil.stacked`);
+* ``ensemble_full_reference`` (``--reference``, on by default): the same selection with the inner
+  models trained one at a time (``fit_selected(stacked=False)``), i.e. what the default cost before the
+  batched path; its predictions are compared with ``ensemble_full``'s (max abs difference printed).
+
+MHIM-v2(AB-MIL)'s teacher is the ``abmil`` model of the same fold and arm (the holdout model for the
+holdout arm, the ensemble's inner / whole models for the ensemble arms), as the workflow does. Each arm
+is timed by wall clock and by this process's CPU time (``time.process_time``: what the arm itself
+used, insensitive to other jobs on a shared machine). Per method it prints the ratio of summed times;
+the last line is ``worst ensemble_full/holdout ratio = X`` (wall clock). Raw rows (one per method,
+fold and arm) go to ``--out`` (JSON lines).
+
+    nice .venv/bin/python bench/train_cost.py --out bench/results/train_cost.jsonl
+    .venv/bin/python bench/train_cost.py --device cuda --out bench/results/train_cost_gpu.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+METHODS = ("abmil", "abmil_std", "mhim_abmil")
+TEACHER = {"mhim_abmil": "abmil"}
+
+
+def cohort(n_bags: int, dim: int, seed: int):
+    """Demo-sized planted bags: ``(slide -> [N, dim] float32, labels table)``."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=dim)
+    direction /= np.linalg.norm(direction)
+    arrays, rows = {}, []
+    for i in range(n_bags):
+        label = i % 2
+        n = int(rng.integers(60, 181))
+        x = rng.normal(size=(n, dim)).astype(np.float32)
+        if label:
+            k = max(1, n // 10)
+            x[rng.choice(n, k, replace=False)] += 1.5 * direction.astype(np.float32)
+        arrays[f"slide{i:03d}"] = x
+        rows.append((f"slide{i:03d}", f"case{i:03d}", label))
+    return arrays, pd.DataFrame(rows, columns=["slide_id", "case_id", "label"])
+
+
+def run(args) -> list[dict]:
+    from pipeline.mil import selection
+    from pipeline.mil.data import FeatureBank
+    from pipeline.mil.splits import make_splits
+    from pipeline.mil.tasks import ClassificationTask
+    from pipeline.mil.train import train_fold
+    from pipeline.settings import mil_settings
+
+    torch.set_num_threads(args.threads)
+    arrays, labels = cohort(args.bags, args.dim, args.seed)
+    task = ClassificationTask(labels)
+    bags = task.make_bags(FeatureBank.from_arrays(arrays))
+    strata, val_strata = task.case_strata()
+    splits = make_splits(strata, args.folds, args.seed, 0.15, val_strata)
+    base = [f"epochs={args.epochs}", f"patience={args.patience}"]
+    arms = ["holdout", "ensemble_full"] + (["ensemble_full_reference"] if args.reference else [])
+    fit_selected = selection.fit_selected
+    work = Path(tempfile.mkdtemp(prefix="train_cost_"))
+    rows = []
+    for fold in range(args.folds):
+        for method in args.methods.split(","):
+            order = arms if fold % 2 == 0 else arms[::-1]  # alternate who runs first
+            preds = {}
+            for arm in order:
+                sel = "holdout" if arm == "holdout" else "ensemble_full"
+                settings = mil_settings(None, [*base, f"selection={sel}"])
+                teacher = None
+                if method in TEACHER:  # the baseline of the same fold and selection
+                    teacher = work / TEACHER[method] / ("holdout" if sel == "holdout" else sel)
+                    teacher = teacher / f"fold{fold}"
+                reference = arm == "ensemble_full_reference"
+                selection.fit_selected = (
+                    (lambda *a, **k: fit_selected(*a, **{**k, "stacked": False}))
+                    if reference
+                    else fit_selected
+                )
+                out = work / method / sel / f"fold{fold}" if not reference else None
+                wall, cpu = time.perf_counter(), time.process_time()
+                result = train_fold(
+                    task, bags, splits, fold, method, settings, outdir=out,
+                    teacher_init=teacher, device=args.device,
+                )  # fmt: skip
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                selection.fit_selected = fit_selected
+                scores = result.predictions.filter(like="score_").to_numpy()
+                preds[arm] = scores
+                row = {
+                    "method": method, "fold": fold, "arm": arm, "wall_s": wall, "cpu_s": cpu,
+                    "best_epoch": result.metrics["best_epoch"],
+                    "epochs_run": result.metrics["epochs_run"],
+                    "test_auc": result.metrics["test"]["auc"],
+                    "precision": result.metrics["efficiency"]["precision"],
+                }  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            if "ensemble_full_reference" in preds:
+                diff = float(
+                    np.abs(preds["ensemble_full"] - preds["ensemble_full_reference"]).max()
+                )
+                rows[-1]["max_abs_diff_vs_reference"] = diff
+                print(
+                    f"fold {fold} {method}: batched vs reference predictions, max |diff| {diff:.2e}"
+                )
+    return rows
+
+
+def summarise(rows: list[dict]) -> float:
+    df = pd.DataFrame(rows)
+    worst = 0.0
+    for method, g in df.groupby("method", sort=False):
+        t = g.groupby("arm")[["wall_s", "cpu_s"]].sum()
+        ratio = t.loc["ensemble_full"] / t.loc["holdout"]
+        line = (
+            f"{method}: holdout {t.loc['holdout', 'wall_s']:.1f} s wall / "
+            f"{t.loc['holdout', 'cpu_s']:.1f} s cpu, ensemble_full {t.loc['ensemble_full', 'wall_s']:.1f}"
+            f" / {t.loc['ensemble_full', 'cpu_s']:.1f}: ensemble_full/holdout = {ratio['wall_s']:.2f}"
+            f" wall, {ratio['cpu_s']:.2f} cpu"
+        )
+        if "ensemble_full_reference" in t.index:
+            ref = t.loc["ensemble_full_reference"] / t.loc["holdout"]
+            speed = t.loc["ensemble_full_reference"] / t.loc["ensemble_full"]
+            line += (
+                f"; one-at-a-time reference {ref['wall_s']:.2f} wall, {ref['cpu_s']:.2f} cpu"
+                f" (batched speed-up {speed['wall_s']:.2f}x wall, {speed['cpu_s']:.2f}x cpu)"
+            )
+        print(line)
+        worst = max(worst, float(ratio["wall_s"]))
+    return worst
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--bags", type=int, default=40)
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-reference", dest="reference", action="store_false")
+    p.add_argument("--out", default=None, help="JSON lines of the raw rows")
+    args = p.parse_args()
+    if "mhim_abmil" in args.methods.split(",") and "abmil" not in args.methods.split(","):
+        p.error("mhim_abmil needs abmil (its teacher) in --methods")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, {vars(args)}")
+    rows = run(args)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    worst = summarise(rows)
+    print(f"worst ensemble_full/holdout ratio = {worst:.2f}")
+
+
+if __name__ == "__main__":
+    main()
