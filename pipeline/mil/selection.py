@@ -234,12 +234,20 @@ class InnerRuns:
     rows: list[dict[str, float]]  # per epoch: mean train / inner loss, lr, seconds
 
 
-def advance(runners: Sequence[EpochRunner], stacked: bool = True) -> list[float]:
-    """One more epoch of every runner; their training losses. Models of the AB-MIL family go through
-    one batched forward per step (:mod:`pipeline.mil.stacked`) unless ``stacked`` is False (the
-    one-model-at-a-time path, kept as the reference the batched one is tested against)."""
+def advance(runners: Sequence[EpochRunner], stacked: bool | None = None) -> list[float]:
+    """One more epoch of every runner; their training losses.
+
+    ``stacked``: models of the AB-MIL family go through one batched forward per step
+    (:mod:`pipeline.mil.stacked`; same predictions up to float rounding); False trains them one at a
+    time (the reference path); None (default) batches on CUDA only: on the 2-core CPU the batched step
+    measured slower than the one-at-a-time steps (BENCHMARKS.md, "Training cost of the honest default"):
+    at WSI feature widths a CPU step is mostly the projection's matmuls and Adam, which batching does
+    not shrink, while padding and stacking add copies.
+    """
     from pipeline.mil.stacked import can_stack, stacked_epoch
 
+    if stacked is None:
+        stacked = torch.device(runners[0].device).type == "cuda"
     if stacked and can_stack([r.model for r in runners], runners[0].settings):
         return stacked_epoch(runners, runners[0].precision)
     return [r.step() for r in runners]
@@ -254,7 +262,7 @@ def _best_epoch(scores: np.ndarray) -> tuple[int, int]:
 
 
 def train_inner(
-    build, task, folds, settings: MILSettings, device, precision: str, stacked: bool = True
+    build, task, folds, settings: MILSettings, device, precision: str, stacked: bool | None = None
 ) -> InnerRuns:
     """Train the inner models in lockstep, each scored on its inner validation part every epoch, until
     the smoothed mean inner score has not improved for ``patience`` epochs; keep each model's weights
@@ -352,7 +360,7 @@ def fit_selected(
     exclude_case_ids: Sequence[str] = (),
     precision: str = "fp32",
     whole: str = "all",
-    stacked: bool = True,
+    stacked: bool | None = None,
 ) -> Selected:
     """Inner-CV selection on ``train_bags`` (the outer training part only); every variant of the module doc.
 

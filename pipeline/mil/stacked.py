@@ -81,22 +81,17 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def _forward_losses(models, bags, task, device, dtype, generators) -> list[torch.Tensor]:
     """Each model's training loss on its own bag, computed as one batched forward."""
-    xs = [b.features(dtype).to(device) for b in bags]
-    lengths = torch.tensor([x.shape[0] for x in xs], device=device)
-    h = pad_sequence(xs, batch_first=True)  # [K, N, D]
+    hs = []  # the instance projection per model: its big matmul gains nothing from stacking
+    for m, bag, g in zip(models, bags, generators, strict=True):
+        h = bag.features(dtype).to(device)
+        for lin, act, p in _layers(m):
+            h = act(lin(h))
+            if p > 0.0:  # the mask Dropout draws, from this model's own stream
+                h = h * dropout_mask(tuple(h.shape), p, h.dtype, device, g)
+        hs.append(h)
+    lengths = torch.tensor([h.shape[0] for h in hs], device=device)
+    h = pad_sequence(hs, batch_first=True)  # [K, N, H]
     valid = torch.arange(h.shape[1], device=device)[None, :] < lengths[:, None]  # [K, N]
-    layers = [_layers(m) for m in models]
-    for j, (_, act, p) in enumerate(layers[0]):
-        lin = [ls[j][0] for ls in layers]
-        w = _stack([m.weight for m in lin]).transpose(1, 2)  # [K, in, out]
-        b = _stack([m.bias for m in lin]).unsqueeze(1)  # [K, 1, out]
-        h = act(torch.baddbmm(b, h, w))
-        if p > 0.0:  # each model's mask from its own stream, the draws Dropout makes on [N_k, out]
-            masks = [
-                dropout_mask((int(n), h.shape[2]), p, h.dtype, device, g)
-                for n, g in zip(lengths.tolist(), generators, strict=True)
-            ]
-            h = h * pad_sequence(masks, batch_first=True)
     pools = [m.attention for m in models]
     a = torch.baddbmm(
         _stack([q.proj.bias for q in pools]).unsqueeze(1),
