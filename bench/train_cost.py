@@ -15,7 +15,8 @@ machine's load hits every arm alike:
 
 MHIM-v2(AB-MIL)'s teacher is the ``abmil`` model of the same fold and arm (the holdout model for the
 holdout arm, the ensemble's inner / whole models for the ensemble arms), as the workflow does. Each arm
-is timed by wall clock and by this process's CPU time (``time.process_time``: what the arm itself
+(after one untimed warm-up training, which pays the process's one-off set-up) is timed by wall clock
+and by this process's CPU time (``time.process_time``: what the arm itself
 used, insensitive to other jobs on a shared machine). Per method it prints the ratio of summed times;
 the last line is ``worst ensemble_full/holdout ratio = X`` (wall clock). Raw rows (one per method,
 fold and arm) go to ``--out`` (JSON lines).

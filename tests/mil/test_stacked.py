@@ -93,3 +93,27 @@ def test_methods_outside_the_abmil_family_train_one_at_a_time():
         assert stacked.can_stack(models, cfg) is expected, method
     abmil = [create_mil_model("abmil", 8, 2, cfg) for _ in range(3)]
     assert not stacked.can_stack(abmil, cfg.replace(accumulate=4))
+
+
+def test_on_cpu_the_default_trains_one_model_at_a_time(monkeypatch):
+    """The batched path measured slower on CPU (BENCHMARKS.md): it runs there only when asked for."""
+    from pipeline.mil.models import create_mil_model
+
+    task, bags = _classification()
+    cfg = mil_settings(None, SETTINGS)
+    task.configure(cfg)
+    task.fit(bags)
+    task.encode(bags)
+    device = torch.device("cpu")
+    runners = [
+        selection.EpochRunner(
+            create_mil_model("abmil", 12, 2, cfg), task, bags[:6], cfg, device, 2, "fp32"
+        )
+        for _ in range(3)
+    ]
+    calls = []
+    monkeypatch.setattr(stacked, "stacked_epoch", lambda *a, **k: calls.append(1) or [0.0] * 3)
+    selection.advance(runners)
+    assert calls == [] and [r.epoch for r in runners] == [1, 1, 1]
+    selection.advance(runners, stacked=True)
+    assert calls == [1]
