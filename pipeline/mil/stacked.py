@@ -3,10 +3,15 @@
 :func:`pipeline.mil.selection.fit_selected` trains ``inner_folds`` models of one method side by side,
 each on its own bags in its own order. On small bags a one-bag step is mostly per-operation overhead
 (dispatch, autocast casts, autograd bookkeeping), not arithmetic, so step ``t`` of every model runs as
-one computation here: the models' bags padded into ``[K, N_max, D]``, their weights stacked per layer
-(``torch.stack`` of each model's own parameters, so gradients flow back to them unchanged), batched
-matmuls (``baddbmm``), a softmax masked to each bag's own instances, one backward over the sum of the
-models' losses (each loss depends on its own model only), then each model's own Adam step.
+one computation here: each model projects its own bag (that matmul gains nothing from stacking), the
+projected bags are padded into ``[K, N_max, H]``, the attention runs as batched matmuls (``baddbmm``)
+over weights stacked from each model's own parameters (``torch.stack``, so gradients flow back to them
+unchanged) with a softmax masked to each bag's own instances, then one backward over the sum of the
+models' losses (each loss depends on its own model only) and each model's own Adam step.
+
+Measured (BENCHMARKS.md, "Training cost of the honest default"): on the 2-core CPU at WSI widths this is
+not faster than one model at a time (a step there is mostly the projection matmul and Adam), so
+:func:`pipeline.mil.selection.advance` uses it by default on CUDA only.
 
 What must stay per model is kept per model, so the result equals training each model alone (float
 rounding of the batched matmuls aside; ``tests/mil/test_stacked.py`` compares predictions):
