@@ -1,7 +1,8 @@
 """What the honest default costs: the ``ensemble_full`` selection against one holdout model per fold (issue 23).
 
-On one seeded synthetic cohort sized like the demo (``--bags`` slides of 60-180 x 1280 features, the
-demo encoder's width; binary labels with a planted signal), ``--folds`` outer folds by case, the demo's
+On one seeded synthetic cohort sized like the demo (``bench/honest_sets.py``'s sparse set: ``--bags``
+bags of 60-180 x 1280 features, the demo encoder's width; binary labels, the evidence 3-8 instances of
+a positive bag, misleading salient instances in both classes), ``--folds`` outer folds by case, the demo's
 MIL settings (``epochs=20 patience=10``, everything else the workflow default: width 512, dropout 0.25,
 ``precision: auto``), per method and fold, in this order and interleaved in one process, so the
 machine's load hits every arm alike:
@@ -37,45 +38,26 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # honest_sets
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from honest_sets import classification_set  # noqa: E402
 
 METHODS = ("abmil", "abmil_std", "mhim_abmil")
 TEACHER = {"mhim_abmil": "abmil"}
 
 
-def cohort(n_bags: int, dim: int, seed: int):
-    """Demo-sized planted bags: ``(slide -> [N, dim] float32, labels table)``."""
-    rng = np.random.default_rng(seed)
-    direction = rng.normal(size=dim)
-    direction /= np.linalg.norm(direction)
-    arrays, rows = {}, []
-    for i in range(n_bags):
-        label = i % 2
-        n = int(rng.integers(60, 181))
-        x = rng.normal(size=(n, dim)).astype(np.float32)
-        if label:
-            k = max(1, n // 10)
-            x[rng.choice(n, k, replace=False)] += 1.5 * direction.astype(np.float32)
-        arrays[f"slide{i:03d}"] = x
-        rows.append((f"slide{i:03d}", f"case{i:03d}", label))
-    return arrays, pd.DataFrame(rows, columns=["slide_id", "case_id", "label"])
-
-
 def run(args) -> list[dict]:
     from pipeline.mil import selection
-    from pipeline.mil.data import FeatureBank
     from pipeline.mil.splits import make_splits
-    from pipeline.mil.tasks import ClassificationTask
     from pipeline.mil.train import train_fold
     from pipeline.settings import mil_settings
 
     torch.set_num_threads(args.threads)
-    arrays, labels = cohort(args.bags, args.dim, args.seed)
-    task = ClassificationTask(labels)
-    bags = task.make_bags(FeatureBank.from_arrays(arrays))
+    cohort = classification_set("sparse", args.bags, args.dim, args.seed, n_min=60, n_max=180)
+    task, bags = cohort.task, cohort.bags
     strata, val_strata = task.case_strata()
     splits = make_splits(strata, args.folds, args.seed, 0.15, val_strata)
     base = [f"epochs={args.epochs}", f"patience={args.patience}"]
