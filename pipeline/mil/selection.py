@@ -210,49 +210,79 @@ def _restored(model: torch.nn.Module, state) -> torch.nn.Module:
     return m.eval()
 
 
-def fit_selected(
-    build: Callable[[], torch.nn.Module],
-    task,
-    train_bags: Sequence[Bag],
-    settings: MILSettings,
-    device: torch.device,
-    exclude_case_ids: Sequence[str] = (),
-    precision: str = "fp32",
-    whole: str = "all",
-) -> Selected:
-    """Inner-CV selection on ``train_bags`` (the outer training part only); every variant of the module doc.
-
-    ``build(inner)`` returns a fresh model (seeded by the caller's ``seed_everything``) for inner fold
-    ``inner`` (None: the whole training part); ``exclude_case_ids`` are the outer test fold's cases,
-    asserted absent from everything trained or scored here. ``whole`` says how far the whole-training-part
-    model trains: ``"none"`` (not at all: only ``ensemble``), ``"best"`` (to ``e*``: every variant but
-    ``fixed``) or ``"all"`` (all ``epochs``: every variant).
-    """
-    excluded = set(map(str, exclude_case_ids))
+def _refuse_leaks(train_bags: Sequence[Bag], exclude_case_ids: Sequence[str]) -> set[str]:
+    """The training part's case ids; a test-fold case among them is an error before any training."""
     seen = {b.case_id for b in train_bags}
-    leaked = sorted(seen & excluded)
+    leaked = sorted(seen & set(map(str, exclude_case_ids)))
     if leaked:
         raise PipelineError(
             "model selection",
             f"test-fold case(s) {', '.join(leaked[:5])} are in the training part",
             "Pass the outer training part only.",
         )
-    epochs, k, seed = settings.epochs, settings.inner_folds, settings.seed
-    folds = inner_folds(task, train_bags, k, seed)
-    scores = np.full((k, epochs), np.nan)
+    return seen
+
+
+@dataclass
+class InnerRuns:
+    """The inner models trained in lockstep until the mean inner score stopped improving."""
+
+    runners: list[EpochRunner]
+    best: int  # e*: the best epoch of the smoothed mean inner score
+    scores: np.ndarray  # [inner fold, epoch run]
+    kept: list[dict[int, tuple]]  # per inner fold: {e*: (weights, inner validation outputs)}
+    rows: list[dict[str, float]]  # per epoch: mean train / inner loss, lr, seconds
+
+
+def advance(runners: Sequence[EpochRunner], stacked: bool | None = None) -> list[float]:
+    """One more epoch of every runner; their training losses.
+
+    ``stacked``: models of the AB-MIL family go through one batched forward per step
+    (:mod:`pipeline.mil.stacked`; same predictions up to float rounding); False trains them one at a
+    time (the reference path); None (default) batches on CUDA only: on the 2-core CPU the batched step
+    measured slower than the one-at-a-time steps (BENCHMARKS.md, "Training cost of the honest default"):
+    at WSI feature widths a CPU step is mostly the projection's matmuls and Adam, which batching does
+    not shrink, while padding and stacking add copies.
+    """
+    from pipeline.mil.stacked import can_stack, stacked_epoch
+
+    if stacked is None:
+        stacked = torch.device(runners[0].device).type == "cuda"
+    if stacked and can_stack([r.model for r in runners], runners[0].settings):
+        return stacked_epoch(runners, runners[0].precision)
+    return [r.step() for r in runners]
+
+
+def _best_epoch(scores: np.ndarray) -> tuple[int, int]:
+    """``(best epoch of the smoothed mean curve, best epoch among the final smoothed values)``."""
+    curve = _smooth(np.nan_to_num(np.nanmean(scores, axis=0), nan=-np.inf))
+    epoch = scores.shape[1]
+    final_best = int(np.argmax(curve[:-1])) + 1 if epoch > 1 else epoch
+    return int(np.argmax(curve)) + 1, final_best
+
+
+def train_inner(
+    build, task, folds, settings: MILSettings, device, precision: str, stacked: bool | None = None
+) -> InnerRuns:
+    """Train the inner models in lockstep, each scored on its inner validation part every epoch, until
+    the smoothed mean inner score has not improved for ``patience`` epochs; keep each model's weights
+    and outputs at every epoch that can still be the best one."""
+    epochs, seed = settings.epochs, settings.seed
+    scores = np.full((len(folds), epochs), np.nan)
     runners: list[EpochRunner] = []
     for f, (tr, _) in enumerate(folds):
         seed_everything(seed + 1 + f)
         runners.append(
             EpochRunner(build(f).to(device), task, tr, settings, device, epochs, precision)
         )
-    kept: list[dict[int, dict]] = [{} for _ in folds]  # inner fold -> {epoch: weights} still needed
-    ran = 0
-    rows: list[dict[str, float]] = []  # per epoch, means over the inner models
+    kept: list[dict[int, tuple]] = [
+        {} for _ in folds
+    ]  # inner fold -> {epoch: weights} still needed
+    rows: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
-        start, train_loss, inner_loss = time.perf_counter(), [], []
+        start, inner_loss = time.perf_counter(), []
+        train_loss = advance(runners, stacked)
         for f, ((_, va), runner) in enumerate(zip(folds, runners, strict=True)):
-            train_loss.append(runner.step())
             out, loss, _ = run_inference(runner.model, task, va, device, precision)
             inner_loss.append(loss)
             scores[f, epoch - 1] = task.selection_score(va, out)
@@ -265,31 +295,36 @@ def fit_selected(
                 "train_seconds": time.perf_counter() - start,
             }
         )
-        ran = epoch
-        curve = _smooth(np.nan_to_num(np.nanmean(scores[:, :epoch], axis=0), nan=-np.inf))
+        best, final_best = _best_epoch(scores[:, :epoch])
         # smoothed scores before this epoch are final: the best is the best of them, or a later epoch
-        final_best = int(np.argmax(curve[:-1])) + 1 if epoch > 1 else epoch
         for fold_states in kept:
             for e in [e for e in fold_states if e not in (final_best, epoch)]:
                 del fold_states[e]
-        if epoch - (int(np.argmax(curve)) + 1) >= settings.patience:
+        if epoch - best >= settings.patience:
             log.info(
                 "inner selection: no improvement of the mean inner %s for %d epochs; stopped at %d",
                 task.metric_name, settings.patience, epoch,
             )  # fmt: skip
             break
-    scores = scores[:, :ran]
-    curve = _smooth(np.nan_to_num(np.nanmean(scores, axis=0), nan=-np.inf))
-    best = int(np.argmax(curve)) + 1
-    ensemble = Ensemble(
-        [_restored(r.model, st[best][0]) for r, st in zip(runners, kept, strict=True)],
-        [f"inner{f}" for f in range(len(runners))],
-    )
-    oof_bags = [b for _, va in folds for b in va]
-    oof = (oof_bags, np.concatenate([st[best][1] for st in kept]))
-    if whole == "none":
-        return Selected(best, scores, oof, rows, {"ensemble": ensemble}, seen)
-    seed_everything(seed)
+    scores = scores[:, :epoch]
+    return InnerRuns(runners, _best_epoch(scores)[0], scores, kept, rows)
+
+
+@dataclass
+class WholeModel:
+    """The model trained on the whole training part: at e*, averaged over [e*/2, e*], after all epochs."""
+
+    best: torch.nn.Module
+    swa: torch.nn.Module
+    last: torch.nn.Module  # after the last epoch trained
+
+
+def train_whole(
+    build, task, train_bags, settings: MILSettings, device, precision: str, best: int, run: int
+) -> WholeModel:
+    """One model on the whole training part for ``run`` epochs (cosine over ``epochs`` either way),
+    seeded as the trainer; its weights at ``best``, and averaged over the epochs ``[best/2, best]``."""
+    seed_everything(settings.seed)
     full = build().to(device)
     swa: dict[str, torch.Tensor] | None = None
     swa_n, swa_from = 0, max(1, best // 2)
@@ -309,20 +344,55 @@ def fit_selected(
         if epoch == best:
             chosen["best"] = _snapshot(m)
 
-    run = epochs if whole == "all" else best  # cosine over `epochs` either way
+    epochs = settings.epochs
     train_epochs(
         full, task, train_bags, settings, device, run, epochs, on_epoch=collect, precision=precision
     )
-    whole_model = _restored(full, chosen["best"])
+    return WholeModel(_restored(full, chosen["best"]), _restored(full, swa), full.eval())
+
+
+def fit_selected(
+    build: Callable[[], torch.nn.Module],
+    task,
+    train_bags: Sequence[Bag],
+    settings: MILSettings,
+    device: torch.device,
+    exclude_case_ids: Sequence[str] = (),
+    precision: str = "fp32",
+    whole: str = "all",
+    stacked: bool | None = None,
+) -> Selected:
+    """Inner-CV selection on ``train_bags`` (the outer training part only); every variant of the module doc.
+
+    ``build(inner)`` returns a fresh model (seeded by the caller's ``seed_everything``) for inner fold
+    ``inner`` (None: the whole training part); ``exclude_case_ids`` are the outer test fold's cases,
+    asserted absent from everything trained or scored here. ``whole`` says how far the whole-training-part
+    model trains: ``"none"`` (not at all: only ``ensemble``), ``"best"`` (to ``e*``: every variant but
+    ``fixed``) or ``"all"`` (all ``epochs``: every variant). ``stacked``: see :func:`advance`.
+    """
+    seen = _refuse_leaks(train_bags, exclude_case_ids)
+    folds = inner_folds(task, train_bags, settings.inner_folds, settings.seed)
+    inner = train_inner(build, task, folds, settings, device, precision, stacked)
+    best = inner.best
+    ensemble = Ensemble(
+        [_restored(r.model, st[best][0]) for r, st in zip(inner.runners, inner.kept, strict=True)],
+        [f"inner{f}" for f in range(len(inner.runners))],
+    )
+    oof_bags = [b for _, va in folds for b in va]
+    oof = (oof_bags, np.concatenate([st[best][1] for st in inner.kept]))
+    if whole == "none":
+        return Selected(best, inner.scores, oof, inner.rows, {"ensemble": ensemble}, seen)
+    run = settings.epochs if whole == "all" else best
+    w = train_whole(build, task, train_bags, settings, device, precision, best, run)
     variants = {
-        "inner_cv": Ensemble([whole_model], ["whole"]),
+        "inner_cv": Ensemble([w.best], ["whole"]),
         "ensemble": ensemble,
-        "ensemble_full": Ensemble([*ensemble.models, whole_model], [*ensemble.labels, "whole"]),
-        "inner_cv_swa": Ensemble([_restored(full, swa)], ["whole_swa"]),
+        "ensemble_full": Ensemble([*ensemble.models, w.best], [*ensemble.labels, "whole"]),
+        "inner_cv_swa": Ensemble([w.swa], ["whole_swa"]),
     }
     if whole == "all":
-        variants["fixed"] = Ensemble([full.eval()], ["whole_all_epochs"])
-    return Selected(best, scores, oof, rows, variants, seen)
+        variants["fixed"] = Ensemble([w.last], ["whole_all_epochs"])
+    return Selected(best, inner.scores, oof, inner.rows, variants, seen)
 
 
 def fit_fold_selected(

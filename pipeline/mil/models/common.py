@@ -12,6 +12,7 @@ and score instances with the teacher, without each baseline re-implementing that
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +46,25 @@ def int_list(value: Any, name: str, where: str) -> list[int] | None:
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
+def dropout_mask(
+    shape: tuple[int, ...],
+    p: float,
+    dtype: torch.dtype,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The scaled keep mask of :class:`Dropout` (see :class:`_DropoutFn`), drawn from ``generator``
+    (None: the device's default stream). The batched inner-CV trainer draws each model's masks with
+    it from that model's own stream, so they are the masks the model would get trained alone."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 7) // 8, dtype=torch.int64, device=device)
+    bits.random_(-(2**63), None, generator=generator)
+    drop_levels = round(p * 256)  # bytes below the threshold are dropped
+    threshold = drop_levels - 128
+    mask = bits.view(torch.int8)[:n].view(shape).to(dtype)  # integers <= 256: exact
+    return mask.sub_(threshold - 1).clamp_(0, 1).mul_(256 / (256 - drop_levels))
+
+
 class _DropoutFn(torch.autograd.Function):
     """Dropout with the keep mask built from 8 random bits per element, without boolean tensors.
 
@@ -58,12 +78,7 @@ class _DropoutFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        n = x.numel()
-        bits = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        drop_levels = round(p * 256)  # bytes below the threshold are dropped
-        threshold = drop_levels - 128
-        mask = bits.view(torch.int8)[:n].view(x.shape).to(x.dtype)  # integers <= 256: exact
-        mask = mask.sub_(threshold - 1).clamp_(0, 1).mul_(256 / (256 - drop_levels))
+        mask = dropout_mask(x.shape, p, x.dtype, x.device)
         ctx.save_for_backward(mask)
         return x * mask
 
