@@ -22,8 +22,15 @@ from pipeline import lifeline, runlock
 # Recovery from a hard kill (README, "Stopping and resuming"): jobs stop when this process dies, and
 # lock marks left by a killed run are cleared when no other run of this workflow is alive here.
 lifeline.export_for_jobs()
-if getattr(workflow, "is_main_process", True) and (note := runlock.claim_workdir()):
-    print(note, file=sys.stderr)
+# A second run that would write here while one is alive stops with one line naming that run.
+if getattr(workflow, "is_main_process", True):
+    try:
+        note = runlock.claim_workdir(writer=runlock.is_writer())
+    except runlock.WorkdirInUse as err:
+        print(err.line(), file=sys.stderr)
+        sys.exit(1)
+    if note:
+        print(note, file=sys.stderr)
 
 
 configfile: "config.yaml"

@@ -36,6 +36,31 @@ def answers(attrs: dict[str, Any] | None, tiles_path: Path, requested: dict[str,
     )
 
 
+def why_not_reusable(store: Path, tiles_path: Path, requested: dict[str, Any]) -> str | None:
+    """Why the published feature store at ``store`` does not answer this request, or None when it does.
+
+    Checked by the workflow when it parses, so a store that was damaged or replaced on disk (its
+    ``zarr.json`` gone or unreadable, a store of another encoder or other weights renamed into
+    place, a store of another cut of the slide) is recomputed instead of read as this run's.
+    Snakemake cannot tell: it sees a folder newer than its inputs. Unlike :func:`answers` the tile
+    store's path is not compared, so a results folder that was moved or copied stays valid.
+    """
+    attrs = store_attrs(store)
+    if attrs is None:
+        return "is not a complete zarr store (no readable zarr.json)"
+    made = attrs.get("requested")
+    if not isinstance(made, dict):
+        return "records no request it was made for (encoder, weights, precision, dtype)"
+    changed = [
+        f"{k} {made.get(k)!r}, this run {v!r}" for k, v in requested.items() if made.get(k) != v
+    ]
+    if changed:
+        return "was made for another request (" + "; ".join(changed) + ")"
+    if attrs.get("tiles") != store_attrs(tiles_path):
+        return f"was made from another tiling of the slide than {tiles_path}"
+    return None
+
+
 def publish_staged(staged: Path, out: Path, tiles_path: Path, requested: dict[str, Any]) -> bool:
     """Move the store a group job left at ``staged`` to ``out`` when it answers this request;
     False (nothing moved) otherwise. ``out`` is replaced only once the new store is in place."""

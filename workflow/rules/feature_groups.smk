@@ -1,6 +1,7 @@
 # Helpers of workflow/rules/features.smk: which slides each group extraction job embeds, and where
 # it stages their stores (the design is explained at the top of features.smk).
 
+from pipeline.staging import why_not_reusable
 from pipeline.store import write_text
 
 FEATURES = config["features"]
@@ -17,6 +18,33 @@ def staging_dir(encoder):
 
 def group_summary(encoder, key):
     return OUT.group_summary(encoder, key)
+
+
+def drop_unusable_stores(encoder):
+    """Remove the published stores of ``encoder`` that do not answer this run's request (damaged,
+    of another encoder or weights, of another tiling), one line each, so they are recomputed: to
+    Snakemake such a store is a folder newer than its inputs. Only the main process of a run that
+    writes removes anything; a dry run names them."""
+    if not getattr(workflow, "is_main_process", True):
+        return
+    writer = runlock.is_writer()
+    requested = {
+        "encoder": encoder,
+        "weights": str(FEATURES["weights"].get(encoder, "pretrained")),
+        "precision": FEATURES["precision"],
+        "dtype": FEATURES["dtype"],
+    }
+    for slide in sorted(SLIDES):
+        store = Path(OUT.features(encoder, slide))
+        if not store.exists():
+            continue
+        why = why_not_reusable(store, Path(OUT.tiles(slide)), requested)
+        if why is None:
+            continue
+        if writer:
+            shutil.rmtree(store, ignore_errors=True)
+        action = "removed, it is recomputed" if writer else "a run will recompute it"
+        print(f"{store} {why}: {action}", file=sys.stderr)
 
 
 def plan_groups(encoder):
@@ -55,6 +83,8 @@ def plan_groups(encoder):
     return groups, owner
 
 
+for _encoder in ENCODERS:
+    drop_unusable_stores(_encoder)
 PLANS = {encoder: plan_groups(encoder) for encoder in ENCODERS}
 GROUPS = {encoder: plan[0] for encoder, plan in PLANS.items()}
 GROUP_OF = {encoder: plan[1] for encoder, plan in PLANS.items()}
