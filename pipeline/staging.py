@@ -23,6 +23,37 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
     return meta.get("attributes", {}) if meta.get("node_type") == "group" else None
 
 
+CHUNKS_ATTR = "chunk_bytes"  # {chunk file relative to the store: bytes}, recorded when published
+
+
+def chunk_sizes(store: Path) -> dict[str, int]:
+    """The size of every chunk file of a zarr store (every file but metadata), for its attributes."""
+    root = Path(store)
+    return {
+        p.relative_to(root).as_posix(): p.stat().st_size
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "zarr.json" and not p.name.startswith(".")
+    }
+
+
+def damage(store: Path, attrs: dict[str, Any]) -> str | None:
+    """What is wrong with the chunk files of a published store (one missing, or not the size it was
+    written with: truncated or overwritten), or None. Zarr reads a missing chunk as zeros and some
+    damaged chunks decode; only the sizes recorded at publication tell. Stores published before
+    this record was kept are not checked."""
+    recorded = attrs.get(CHUNKS_ATTR)
+    if not isinstance(recorded, dict):
+        return None
+    for name, size in sorted(recorded.items()):
+        try:
+            actual = (Path(store) / name).stat().st_size
+        except OSError:
+            return f"is damaged: its chunk {name} is missing"
+        if actual != size:
+            return f"is damaged: its chunk {name} has {actual} bytes, {size} were written"
+    return None
+
+
 def answers(attrs: dict[str, Any] | None, tiles_path: Path, requested: dict[str, Any]) -> bool:
     """True when a feature store's ``attrs`` say it was made from the tile store at ``tiles_path``
     (same attributes, so the same cut of the same slide) for the same request."""
@@ -40,14 +71,16 @@ def why_not_reusable(store: Path, tiles_path: Path, requested: dict[str, Any]) -
     """Why the published feature store at ``store`` does not answer this request, or None when it does.
 
     Checked by the workflow when it parses, so a store that was damaged or replaced on disk (its
-    ``zarr.json`` gone or unreadable, a store of another encoder or other weights renamed into
-    place, a store of another cut of the slide) is recomputed instead of read as this run's.
+    ``zarr.json`` gone or unreadable, a chunk truncated or gone, a store of another encoder or other
+    weights renamed into place, a store of another cut of the slide) is recomputed instead of read as this run's.
     Snakemake cannot tell: it sees a folder newer than its inputs. Unlike :func:`answers` the tile
     store's path is not compared, so a results folder that was moved or copied stays valid.
     """
     attrs = store_attrs(store)
     if attrs is None:
         return "is not a complete zarr store (no readable zarr.json)"
+    if broken := damage(store, attrs):
+        return broken
     made = attrs.get("requested")
     if not isinstance(made, dict):
         return "records no request it was made for (encoder, weights, precision, dtype)"

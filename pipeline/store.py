@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.staging import CHUNKS_ATTR, chunk_sizes, damage
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -136,7 +137,7 @@ def write_store(
             arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
             if data.size:
                 arr[...] = data
-        group.attrs.update(to_jsonable(dict(attrs)))
+        group.attrs.update(to_jsonable({**attrs, CHUNKS_ATTR: chunk_sizes(tmp)}))
     return final
 
 
@@ -176,8 +177,9 @@ class StoreWriter:
         return bool(self._ctx.__exit__(exc_type, exc, tb))
 
     def close(self, attrs: Mapping[str, Any]) -> None:
-        """Set attrs; the store is published when the ``with`` block exits without error."""
-        self.group.attrs.update(to_jsonable(dict(attrs)))
+        """Set attrs (and the size of every chunk written, so a damaged store is told from a
+        complete one); the store is published when the ``with`` block exits without error."""
+        self.group.attrs.update(to_jsonable({**attrs, CHUNKS_ATTR: chunk_sizes(self.tmp)}))
 
     def publish(self, attrs: Mapping[str, Any]) -> Path:
         """Set attrs and publish now (the same as leaving the ``with`` block), from any thread."""
@@ -264,18 +266,22 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def open_store(path: str | os.PathLike):
-    """Open a published zarr group read-only."""
+    """Open a published zarr group read-only; a clear error when it is damaged (a chunk gone or not
+    the size it was written with)."""
     import zarr
 
     p = Path(path)
     if not p.exists():
         raise PipelineError(p, "store does not exist", "Run the stage that writes it first.")
     try:
-        return zarr.open_group(store=str(p), mode="r")
+        group = zarr.open_group(store=str(p), mode="r")
     except Exception as err:  # zarr raises several types for a damaged store
         raise PipelineError(
             p, f"not a readable zarr store ({err})", "Delete it and re-run the stage."
         ) from err
+    if broken := damage(p, dict(group.attrs)):  # zarr would read a missing chunk as zeros
+        raise PipelineError(p, broken, "Delete it and re-run the stage that writes it.")
+    return group
 
 
 def read_array(path: str | os.PathLike, name: str) -> np.ndarray:

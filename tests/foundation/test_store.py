@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.errors import PipelineError
 from pipeline.store import StoreWriter, atomic_path, read_array, read_attrs, write_store
 
 
@@ -19,8 +20,33 @@ def test_write_store_round_trip(tmp_path):
     )
     assert np.array_equal(read_array(out, "coords"), coords)
     assert read_array(out, "coords").dtype == np.int32
-    assert read_attrs(out) == {"slide_mpp": 0.25, "n": 10}
+    attrs = read_attrs(out)
+    chunk = out / "coords" / "c" / "0" / "0"
+    assert attrs.pop("chunk_bytes") == {"coords/c/0/0": chunk.stat().st_size}
+    assert attrs == {"slide_mpp": 0.25, "n": 10}
     assert no_temp_siblings(tmp_path)
+
+
+@pytest.mark.parametrize("harm", ["truncate", "delete", "grow"])
+def test_a_damaged_chunk_is_one_line_never_zeros(tmp_path, harm):
+    """Zarr reads a missing chunk as zeros: the sizes recorded at publication tell it is damaged."""
+    feats = np.arange(1, 41, dtype=np.float16).reshape(10, 4)
+    out = write_store(tmp_path / "s.zarr", {"features": feats}, {})
+    chunk = out / "features" / "c" / "0" / "0"
+    size = chunk.stat().st_size
+    if harm == "delete":
+        chunk.unlink()
+        cause = "its chunk features/c/0/0 is missing"
+    else:
+        new = size // 2 if harm == "truncate" else size + 3
+        with open(chunk, "r+b") as handle:
+            handle.truncate(new)
+        cause = f"its chunk features/c/0/0 has {new} bytes, {size} were written"
+    with pytest.raises(PipelineError) as err:
+        read_array(out, "features")
+    assert err.value.line() == (
+        f"ERROR {out}: is damaged: {cause}. Delete it and re-run the stage that writes it."
+    )
 
 
 def test_empty_arrays_are_valid(tmp_path):
