@@ -225,6 +225,38 @@ def differences(clean: Path, other: Path, atol: float = 0.0) -> dict[str, str]:
     return out
 
 
+def run_rounds(wf, cmd, workdir, clean, kills, moments, reset, logs, atol=0.0, on_row=None):
+    """Rounds of kill-and-resume (each from ``reset()``) until ``kills`` kills are spent, every
+    round's outputs compared with ``clean``: ``(kills, survived, outputs that differ, rows)``;
+    ``on_row(row)`` is called as each round ends."""
+    done = survived = differ = 0
+    rows = []
+    while done < kills:
+        reset()
+        log = Path(logs) / f"round{len(rows) + 1}.log"
+        log.unlink(missing_ok=True)
+        t0 = time.monotonic()
+        n, errors = chaos_round(wf, cmd, workdir, log, moments, kills - done)
+        seconds = time.monotonic() - t0
+        diff = differences(clean, workdir / "results", atol)
+        if errors and not diff:  # the round did not finish: its outputs cannot all match
+            diff = {"(round)": "did not finish"}
+        done += n
+        differ += len(diff)
+        survived += n if not errors and not diff else 0
+        rows.append({"round": len(rows) + 1, "kills": n, "errors": errors, "differ": diff,
+                     "seconds": round(seconds, 1)})  # fmt: skip
+        if on_row is not None:
+            on_row(rows[-1])
+        print(
+            f"round {len(rows)}: {n} kills, {len(errors)} failed resumes, {len(diff)} outputs "
+            f"differ, {seconds:.0f} s" + "".join(f"\n  {k}: {v}" for k, v in diff.items())
+            + "".join(f"\n  resume failed: {e}" for e in errors),
+            flush=True,
+        )  # fmt: skip
+    return done, survived, differ, rows
+
+
 def kill_moments(seed: int, window: tuple[float, float]):
     rng = random.Random(seed)
     while True:
@@ -262,36 +294,20 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    moments = kill_moments(args.seed, (0.0, wall))
-    cmd = command(wf, chaos_dir, args.cores)
-    kills = survived = differ = rounds = 0
-    while kills < args.kills:
-        rounds += 1
+    def reset() -> None:  # each round starts from nothing
         shutil.rmtree(chaos_dir / "results", ignore_errors=True)
         shutil.rmtree(chaos_dir / ".snakemake", ignore_errors=True)
-        log = base / f"round{rounds}.log"
-        log.unlink(missing_ok=True)
-        t0 = time.monotonic()
-        n, errors = chaos_round(wf, cmd, chaos_dir, log, moments, args.kills - kills)
-        seconds = time.monotonic() - t0
-        diff = differences(clean_dir / "results", chaos_dir / "results", args.atol)
-        if errors and not diff:  # the round did not finish: its outputs cannot all match
-            diff = {"(round)": "did not finish"}
-        kills += n
-        differ += len(diff)
-        survived += n if not errors and not diff else 0
-        row = {"round": rounds, "kills": n, "errors": errors, "differ": diff, "seconds": seconds}
-        print(
-            f"round {rounds}: {n} kills, {len(errors)} failed resumes, {len(diff)} outputs differ, "
-            f"{seconds:.0f} s" + "".join(f"\n  {k}: {v}" for k, v in {**diff}.items())
-            + "".join(f"\n  resume failed: {e}" for e in errors),
-            flush=True,
-        )  # fmt: skip
+
+    def record(row: dict) -> None:
         if args.rows:
             with open(args.rows, "a") as handle:
                 handle.write(json.dumps({"seed": args.seed, "cores": args.cores, **row}) + "\n")
-        if n == 0 and not errors:
-            continue  # every moment fell after the run's end: draw again
+
+    moments = kill_moments(args.seed, (0.0, wall))
+    kills, survived, differ, _ = run_rounds(
+        wf, command(wf, chaos_dir, args.cores), chaos_dir, clean_dir / "results", args.kills,
+        moments, reset, base, args.atol, record,
+    )  # fmt: skip
     print(f"{kills} kills, {survived} survived, {differ} outputs differ")
     return 0 if survived == kills and differ == 0 else 1
 

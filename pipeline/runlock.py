@@ -73,8 +73,7 @@ def claim_workdir(workdir: str | os.PathLike = ".", writer: bool = True) -> str 
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:  # held by a live run (or no flock on this file system)
-        handle.seek(0)
-        holder = describe(_read_holder(handle.read()))
+        holder = describe(_live_holder(handle))
         handle.close()
         if writer and err.errno in (errno.EAGAIN, errno.EACCES):  # held (not: no flock here)
             raise WorkdirInUse(
@@ -143,6 +142,30 @@ def _this_process() -> dict:
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": " ".join(argv),
     }
+
+
+def _live_holder(handle, wait_s: float = 2.0) -> dict:
+    """The holder the lock file names. A run that has just taken the lock writes its name a moment
+    later: until then the file names the previous (ended) run, so wait for a live process."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        handle.seek(0)
+        holder = _read_holder(handle.read())
+        if holder and (holder.get("host") != socket.gethostname() or _alive(holder.get("pid"))):
+            return holder
+        if time.monotonic() > deadline:
+            return holder
+        time.sleep(0.05)
+
+
+def _alive(pid: object) -> bool:
+    try:
+        os.kill(int(pid), 0)  # type: ignore[arg-type]
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_holder(text: str) -> dict:
