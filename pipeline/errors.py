@@ -81,6 +81,8 @@ def io_error(err: OSError, path: object = None) -> FileSystemError:
     """
     import errno
 
+    if isinstance(path, list | tuple):  # a command with several outputs (-o A -o B)
+        path = path[0] if len(path) == 1 else ", ".join(map(str, path)) if path else None
     where = _published_name(err.filename) if err.filename is not None else path
     code = errno.errorcode.get(err.errno or -1, "")
     text = (err.strerror or str(err) or type(err).__name__).rstrip(".")
@@ -105,7 +107,7 @@ def free_space(path: object) -> str:
     import os
     import shutil
 
-    folder = os.path.abspath(os.fspath(path))  # type: ignore[arg-type]
+    folder = os.path.abspath(str(path).split(", ")[0])
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     try:

@@ -144,3 +144,50 @@ def test_sigterm_during_a_command_publishes_nothing(tmp_path):
     assert proc.returncode == 143
     assert "terminated (SIGTERM)" in err
     assert not target.exists() and no_temp_siblings(tmp_path)
+
+
+class _FullDisk:
+    """A zarr array whose writes fail as on a full disk (zarr's own write() names no file)."""
+
+    def __setitem__(self, key, value):
+        import errno
+        import os
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_failed_background_write_never_publishes_its_store(tmp_path):
+    """Feature extraction queues a store's chunk writes and then its publication on one writer
+    thread: once a chunk write fails, the publication must not run (zarr would read the missing
+    chunk as zeros), and the temporary store is removed."""
+    from pipeline.errors import io_error
+    from pipeline.store import WriteQueue
+
+    out = tmp_path / "s.zarr"
+    writer = StoreWriter(out, {"features": ((8, 4), np.float16)}, chunk_rows=4)
+    queue = WriteQueue()
+    queue.submit(writer.write, "features", 0, np.ones((4, 4), np.float16))
+    queue.settle()
+    writer.arrays["features"] = _FullDisk()
+    queue.submit(writer.write, "features", 4, np.ones((4, 4), np.float16))
+    queue.submit(writer.publish, {"n_patches": 8})
+    with pytest.raises(OSError) as err:
+        queue.drain()
+    queue.close()
+    assert not out.exists() and no_temp_siblings(tmp_path)
+    assert io_error(err.value).where == str(out)  # the line names the store, not its temporary
+
+
+def test_a_store_missing_a_chunk_is_never_published(tmp_path):
+    out = tmp_path / "s.zarr"
+    writer = StoreWriter(out, {"features": ((8, 4), np.float16)}, chunk_rows=4)
+    writer.write("features", 0, np.ones((4, 4), np.float16))  # rows 4-7 never written
+    with pytest.raises(RuntimeError, match="1 of the 2 chunks of 'features' were written"):
+        writer.publish({})
+    assert not out.exists() and no_temp_siblings(tmp_path)
+
+
+def test_a_chunk_of_zeros_is_written_so_none_is_missing(tmp_path):
+    out = write_store(tmp_path / "z.zarr", {"features": np.zeros((6, 4), np.float16)}, {})
+    assert list(read_attrs(out)["chunk_bytes"]) == ["features/c/0/0"]
+    assert read_array(out, "features").sum() == 0
