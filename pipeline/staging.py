@@ -23,6 +23,13 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
     return meta.get("attributes", {}) if meta.get("node_type") == "group" else None
 
 
+def request(encoder: str, weights: object, precision: str, dtype: str) -> dict[str, Any]:
+    """What a feature store is asked to contain (not how it is computed), as its ``requested``
+    attribute records it: the one definition the extractor, the per-slide move and the workflow's
+    parse-time check compare."""
+    return {"encoder": encoder, "weights": str(weights), "precision": precision, "dtype": dtype}
+
+
 CHUNKS_ATTR = "chunk_bytes"  # {chunk file relative to the store: bytes}, recorded when published
 
 

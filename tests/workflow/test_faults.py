@@ -183,7 +183,7 @@ def test_damaged_or_foreign_stores_are_recomputed_and_a_missing_model_json_retra
     rel = fold.relative_to(work)
     run = wf.run_snakemake(work, "--cores", "1", str(rel / "metrics.json"))
     assert f"{rel}: model.json missing (deleted?): it is trained again" in run.stderr
-    assert "rule train:" in run.stdout + run.stderr  # retrained: its files are the clean run's again (below)
+    assert "rule train:" in run.stdout + run.stderr  # its files equal the clean run's (below)
 
     truncated, deleted, foreign = good_slides(results, wf)[:3]
     feats = results / "features" / wf.ENCODER

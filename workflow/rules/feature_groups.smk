@@ -1,7 +1,7 @@
 # Helpers of workflow/rules/features.smk: which slides each group extraction job embeds, and where
 # it stages their stores (the design is explained at the top of features.smk).
 
-from pipeline.staging import why_not_reusable
+from pipeline.staging import request, why_not_reusable
 from pipeline.store import write_text
 
 FEATURES = config["features"]
@@ -28,12 +28,8 @@ def drop_unusable_stores(encoder):
     if not getattr(workflow, "is_main_process", True):
         return
     writer = runlock.is_writer()
-    requested = {
-        "encoder": encoder,
-        "weights": str(FEATURES["weights"].get(encoder, "pretrained")),
-        "precision": FEATURES["precision"],
-        "dtype": FEATURES["dtype"],
-    }
+    weights = FEATURES["weights"].get(encoder, "pretrained")
+    requested = request(encoder, weights, FEATURES["precision"], FEATURES["dtype"])
     for slide in sorted(SLIDES):
         store = Path(OUT.features(encoder, slide))
         if not store.exists():
