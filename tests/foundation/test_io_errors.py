@@ -130,3 +130,46 @@ def test_random_bytes_as_weights_never_suggest_unsafe_loading(tmp_path):
         "pathlib.PosixPath). Check that the file is complete; .bin/.pth files must hold plain "
         "tensors (they are loaded with weights_only=True)."
     )
+
+
+@pytest.mark.skipif(not _tmpfs_available(), reason="needs unprivileged user+mount namespaces")
+@pytest.mark.parametrize("size_kib", [8, 40])
+def test_training_on_a_real_full_tmpfs_is_one_line_and_no_fold_looks_done(tmp_path, size_kib):
+    """`wsi-mil cv` writing to a tiny tmpfs: one line naming the file and the free space, exit 1; a
+    fold that looks done is complete and the fold that ran out does not look done (each size runs
+    out at another file of the run)."""
+    import numpy as np
+
+    from pipeline.layout import FOLD_FILES
+    from pipeline.store import write_store
+
+    rng = np.random.default_rng(0)
+    features, rows = tmp_path / "features", ["slide_id,case_id,label"]
+    for i in range(8):
+        x = rng.normal(size=(6, 8)) + (2.0 if i % 2 else 0.0)
+        coords = np.stack([np.arange(6) * 256, np.zeros(6)], axis=1).astype(np.int32)
+        write_store(
+            features / f"s{i}.zarr", {"features": x.astype(np.float16), "coords": coords}, {}
+        )
+        rows.append(f"s{i},c{i},{['normal', 'tumor'][i % 2]}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (
+        f"mount -t tmpfs -o size={size_kib}k tmpfs {disk} && {sys.executable} -m pipeline cv "
+        f"--features {features} --labels {tmp_path / 'labels.csv'} --method meanpool --folds 2 "
+        f"-o {disk / 'cv'} epochs=2 selection=holdout; echo rc=$?; "
+        f"find {disk} -type f"
+    )
+    proc = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    where = errors[0][len("ERROR ") :].split(": No space left")[0]
+    assert where.startswith(str(disk / "cv")) and ".tmp-" not in where
+    assert full_disk_line(errors[0], where) <= size_kib * 2**10
+    rc, *files = proc.stdout.split()
+    assert rc == "rc=1" and not [f for f in files if ".tmp-" in f]  # no temporary left
+    for metrics in (Path(f) for f in files if f.endswith("/metrics.json")):
+        names = {Path(f).name for f in files if Path(f).parent == metrics.parent}
+        assert names >= set(FOLD_FILES.values())  # a fold that looks done is complete
+    assert str(Path(where).parent / "metrics.json") not in files  # the one that failed is not
