@@ -73,9 +73,11 @@ def claim_workdir(workdir: str | os.PathLike = ".", writer: bool = True) -> str 
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:  # held by a live run (or no flock on this file system)
-        holder = describe(_live_holder(handle))
+        held = err.errno in (errno.EAGAIN, errno.EACCES)
+        handle.seek(0)
+        holder = describe(_live_holder(handle) if held else _read_holder(handle.read()))
         handle.close()
-        if writer and err.errno in (errno.EAGAIN, errno.EACCES):  # held (not: no flock here)
+        if writer and held:
             raise WorkdirInUse(
                 Path(workdir).resolve(),
                 f"in use by another run of this workflow ({holder})",
@@ -83,6 +85,10 @@ def claim_workdir(workdir: str | os.PathLike = ".", writer: bool = True) -> str 
                 "a dry run (-n) may look meanwhile.",
             ) from None
         return f"another run of this workflow holds {state} ({holder}); its locks are left alone"
+    if not writer:  # a dry run needs no lock (Snakemake only warns of marks) and must not block one
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+        return None
     handle.seek(0)
     previous = _read_holder(handle.read())
     handle.seek(0)
