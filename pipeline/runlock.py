@@ -12,7 +12,8 @@ a listing, a lint or a report), it stops at once with one line naming the run th
 (process id, host, start time, command): Snakemake's own lock only guards the files of overlapping
 DAGs, is checked and then written (two runs started at once both pass the check), and a second run
 that finds it held ends with a ``LockException`` that advises ``--unlock`` -- which removes the live
-run's marks. Reading commands go on while a run is alive, as Snakemake allows.
+run's marks. Reading commands go on while a run is alive, as Snakemake allows, and take no lock, so
+they never block a writing run.
 
 Marks left by a run on another machine (a shared file system) are never removed: that run may still be
 alive. The lock file names the host and process that hold it, for that message.
