@@ -12,16 +12,17 @@ recovery, and the results are those of a run that was never interrupted.
    start (seeded); the command is started again, until one run finishes by itself. Then every output
    is compared with the clean run's, and the next round starts from scratch, until K kills are spent.
 3. Compared outputs: tile stores (``coords`` + attributes), feature stores (``features``, ``coords``
-   + attributes), every fold's ``predictions.csv`` and ``model.pt`` tensors, and every
-   ``summary.csv``. Bit-identical is required (``--atol`` allows a float tolerance on feature values,
+   + attributes), every fold's ``predictions.csv`` and ``model.pt`` tensors, and ``summary.csv``. Bit-identical is required (``--atol`` allows a float tolerance on feature values,
    0 by default); only attributes and columns that record *when* or *how fast* (seconds, dates,
-   memory, the results folder's absolute path) are left out, listed in ``VOLATILE``.
+   memory, the results folder's absolute path) are left out, listed in ``VOLATILE_ATTRS`` and ``VOLATILE_COLUMNS``.
 
 A kill is *survived* when the runs after it needed nothing but the same command (no run ended with an
 error) and its round's outputs all matched. The last line is ``K kills, S survived, D outputs differ``.
 
     python bench/chaos.py --kills 20 --work /tmp/chaos      # the benchmark (BENCHMARKS.md, issue 25)
-    python bench/chaos.py --kills 2 --work /tmp/chaos-ci    # what tests/workflow/test_chaos.py runs
+
+tests/workflow/test_faults.py runs the small version: ``run_rounds`` with 2 kills on a copy of the
+tests' shared workflow run, compared with ``differences``.
 """
 
 from __future__ import annotations
@@ -257,6 +258,27 @@ def run_rounds(wf, cmd, workdir, clean, kills, moments, reset, logs, atol=0.0, o
     return done, survived, differ, rows
 
 
+def stages_at_kills(logs: Path) -> dict[str, int]:
+    """{jobs running at the kill: count} over the round logs (every run of a round but its last was
+    killed): where the kills landed."""
+    import collections
+    import re
+
+    found: collections.Counter = collections.Counter()
+    for log in Path(logs).glob("round*.log"):
+        parts = re.split(r"\n=== run \(kill after [^)]*\) ===\n", log.read_text(errors="replace"))
+        for body in parts[1:-1]:
+            started = {}
+            for m in re.finditer(r"(?:local)?rule (\w+):\n((?:    .*\n)+)", body):
+                job = re.search(r"jobid: (\d+)", m.group(2))
+                if job:
+                    started[job.group(1)] = m.group(1)
+            finished = set(re.findall(r"Finished jobid: (\d+)", body))
+            running = sorted({rule for job, rule in started.items() if job not in finished})
+            found["+".join(running) or "start-up (parsing, DAG)"] += 1
+    return dict(found.most_common())
+
+
 def kill_moments(seed: int, window: tuple[float, float]):
     rng = random.Random(seed)
     while True:
@@ -308,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         wf, command(wf, chaos_dir, args.cores), chaos_dir, clean_dir / "results", args.kills,
         moments, reset, base, args.atol, record,
     )  # fmt: skip
+    print(f"jobs running at the kills: {stages_at_kills(base)}")
     print(f"{kills} kills, {survived} survived, {differ} outputs differ")
     return 0 if survived == kills and differ == 0 else 1
 
