@@ -44,8 +44,18 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
 
     A temporary belongs to a process id; one whose process is gone can never be published.
     """
+    return _remove_stale(path.parent.glob(f".{path.name}.tmp-*"))
+
+
+def remove_stale_temporaries_in(folder: str | os.PathLike) -> list[Path]:
+    """The same for every output of ``folder`` (one listing): the temporaries of outputs that were
+    later published by another route (a staged store moved into place) are never written again."""
+    return _remove_stale(Path(folder).glob(".*.tmp-*"))
+
+
+def _remove_stale(candidates) -> list[Path]:
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+    for tmp in candidates:
         try:
             pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
         except (IndexError, ValueError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -191,3 +193,21 @@ def test_a_chunk_of_zeros_is_written_so_none_is_missing(tmp_path):
     out = write_store(tmp_path / "z.zarr", {"features": np.zeros((6, 4), np.float16)}, {})
     assert list(read_attrs(out)["chunk_bytes"]) == ["features/c/0/0"]
     assert read_array(out, "features").sum() == 0
+
+
+def test_temporaries_of_dead_writers_are_removed_from_a_folder(tmp_path):
+    """A job killed while writing leaves a hidden temporary; when its store is later published by
+    another route (a staged store moved into place) nothing writes that path again to remove it."""
+    import subprocess
+
+    from pipeline.store import remove_stale_temporaries_in
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".a.zarr.tmp-{dead.pid}-0a1b2c3d"
+    live = tmp_path / f".b.zarr.tmp-{os.getpid()}-0a1b2c3d"  # this process: still writing it
+    for folder in (stale, live):
+        (folder / "features").mkdir(parents=True)
+    (tmp_path / "a.zarr").mkdir()
+    assert remove_stale_temporaries_in(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.zarr", live.name])

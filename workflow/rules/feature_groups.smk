@@ -2,7 +2,7 @@
 # it stages their stores (the design is explained at the top of features.smk).
 
 from pipeline.staging import request, why_not_reusable
-from pipeline.store import write_text
+from pipeline.store import remove_stale_temporaries_in, write_text
 
 FEATURES = config["features"]
 SLIDES_PER_JOB = int(FEATURES["slides_per_job"])
@@ -23,11 +23,16 @@ def group_summary(encoder, key):
 def drop_unusable_stores(encoder):
     """Remove the published stores of ``encoder`` that do not answer this run's request (damaged,
     of another encoder or weights, of another tiling), one line each, so they are recomputed: to
-    Snakemake such a store is a folder newer than its inputs. Only the main process of a run that
-    writes removes anything; a dry run names them."""
+    Snakemake such a store is a folder newer than its inputs. Also removes the hidden temporaries of
+    killed jobs there. Only the main process of a run that writes removes anything; a dry run names
+    the stores."""
     if not getattr(workflow, "is_main_process", True):
         return
     writer = runlock.is_writer()
+    # what killed jobs left half-written, and no later write of the same store removes
+    if writer:
+        for folder in (OUT.features_dir(encoder), staging_dir(encoder)):
+            remove_stale_temporaries_in(folder)
     weights = FEATURES["weights"].get(encoder, "pretrained")
     requested = request(encoder, weights, FEATURES["precision"], FEATURES["dtype"])
     for slide in sorted(SLIDES):
