@@ -17,13 +17,20 @@ sys.path.insert(
     0, workflow.basedir
 )  # the `pipeline` package, also when snakemake is installed alone
 from pipeline.config import config_errors
-from pipeline import lifeline, runlock
+from pipeline import lifeline, recovery, runlock
 
 # Recovery from a hard kill (README, "Stopping and resuming"): jobs stop when this process dies, and
 # lock marks left by a killed run are cleared when no other run of this workflow is alive here.
 lifeline.export_for_jobs()
-if getattr(workflow, "is_main_process", True) and (note := runlock.claim_workdir()):
-    print(note, file=sys.stderr)
+# A second run that would write here while one is alive stops with one line naming that run.
+if getattr(workflow, "is_main_process", True):
+    try:
+        note = runlock.claim_workdir(writer=runlock.is_writer())
+    except runlock.WorkdirInUse as err:
+        print(err.line(), file=sys.stderr)
+        sys.exit(1)
+    if note:
+        print(note, file=sys.stderr)
 
 
 configfile: "config.yaml"
@@ -41,6 +48,15 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+# A fold folder missing a file (a deleted model.json) looks finished to Snakemake: train it again.
+if getattr(workflow, "is_main_process", True):
+    _writer = runlock.is_writer()
+    for _line in recovery.reopen_incomplete_folds(OUT.root, remove=_writer):
+        print(_line, file=sys.stderr)
+
+
 include: "workflow/rules/tiling.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/mil.smk"

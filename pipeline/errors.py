@@ -88,10 +88,14 @@ def io_error(err: OSError, path: object = None) -> FileSystemError:
     """
     import errno
 
+    if isinstance(path, list | tuple):  # a command with several outputs (-o A -o B)
+        path = path[0] if len(path) == 1 else ", ".join(map(str, path)) if path else None
     where = _published_name(err.filename) if err.filename is not None else path
     code = errno.errorcode.get(err.errno or -1, "")
     text = (err.strerror or str(err) or type(err).__name__).rstrip(".")
     cause = f"{text} ({code})" if code else text
+    if code == "ENOSPC" and where is not None:
+        cause = f"{text} ({code}; {free_space(where)} free there)"
     if err.filename2 is not None:
         cause += f" (with {err.filename2})"
     return FileSystemError(
@@ -99,6 +103,29 @@ def io_error(err: OSError, path: object = None) -> FileSystemError:
         cause,
         _IO_REMEDIES.get(code, "Check the path and the disk it is on, then re-run."),
     )
+
+
+def free_space(path: object) -> str:
+    """What is free on the file system of ``path`` (or of its nearest existing folder): ``12.0 KiB``.
+
+    A full disk is reported with it, so the user sees how little is left where the output goes
+    (the disk of the results folder, not the one they may be looking at).
+    """
+    import os
+    import shutil
+
+    folder = os.path.abspath(str(path).split(", ")[0])
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        free = float(shutil.disk_usage(folder).free)
+    except OSError:
+        return "unknown space"
+    for unit in ("B", "KiB", "MiB"):
+        if free < 1024:
+            return f"{free:.0f} B" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1024
+    return f"{free:.1f} GiB"
 
 
 def _published_name(filename: object) -> object:

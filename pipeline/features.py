@@ -97,12 +97,9 @@ class ExtractOptions:
     def requested(self, encoder: str, weights: str) -> dict[str, Any]:
         """What a store is asked to contain (not how it is computed): recorded in its attrs, so a
         store left by a killed group job is reused only when it answers the same request."""
-        return {
-            "encoder": encoder,
-            "weights": str(weights),
-            "precision": self.precision,
-            "dtype": self.dtype,
-        }
+        from pipeline.staging import request
+
+        return request(encoder, weights, self.precision, self.dtype)
 
 
 # --- store attrs ---------------------------------------------------------------------------------

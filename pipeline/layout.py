@@ -111,8 +111,10 @@ def fold_file(fold_dir: str | os.PathLike, key: str) -> Path:
 
 
 def fold_complete(fold_dir: str | os.PathLike) -> bool:
-    """A fold folder is complete once ``metrics.json`` exists (it is written last, atomically)."""
-    return fold_file(fold_dir, "metrics").is_file()
+    """A fold folder is complete once ``metrics.json`` exists (it is written last, atomically) and
+    none of the files written before it has gone since (a deleted ``model.json`` or ``model.pt``
+    makes the fold incomplete, so a resumed ``wsi-mil cv`` retrains it instead of reusing it)."""
+    return all(fold_file(fold_dir, key).is_file() for key in FOLD_FILES)
 
 
 def heatmap_files(folder: str | os.PathLike, slide: str) -> dict[str, Path]:

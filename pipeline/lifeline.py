@@ -81,7 +81,7 @@ def _wait_for_exit(pid: int) -> None:
     except ProcessLookupError:
         return
     except (AttributeError, OSError):  # not Linux >= 5.3: poll
-        while _alive(pid):
+        while pid_alive(pid):
             time.sleep(1.0)
         return
     try:
@@ -90,10 +90,13 @@ def _wait_for_exit(pid: int) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether a process with this id exists on this machine (one we may not signal counts as alive;
+    a missing or malformed id as dead). The one liveness test of the lifeline, the run lock and the
+    stale-temporary sweep."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        os.kill(int(pid), 0)  # type: ignore[arg-type]
+    except (TypeError, ValueError, ProcessLookupError):
         return False
     except PermissionError:
         return True

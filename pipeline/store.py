@@ -18,21 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.chunks import CHUNKS_ATTR, chunk_sizes, damage
 from pipeline.errors import PipelineError
+from pipeline.lifeline import pid_alive
+
+# a chunk of zeros gets a file too, so a missing chunk file is always damage
+EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
@@ -40,13 +35,23 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
 
     A temporary belongs to a process id; one whose process is gone can never be published.
     """
+    return _remove_stale(path.parent.glob(f".{path.name}.tmp-*"))
+
+
+def remove_stale_temporaries_in(folder: str | os.PathLike) -> list[Path]:
+    """The same for every output of ``folder`` (one listing): the temporaries of outputs that were
+    later published by another route (a staged store moved into place) are never written again."""
+    return _remove_stale(Path(folder).glob(".*.tmp-*"))
+
+
+def _remove_stale(candidates) -> list[Path]:
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+    for tmp in candidates:
         try:
             pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
         except (IndexError, ValueError):
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             _remove(tmp)
             removed.append(tmp)
     return removed
@@ -133,10 +138,12 @@ def write_store(
         for name, data in arrays.items():
             data = np.asarray(data)
             chunks = (max(1, min(chunk_rows, data.shape[0])),) + data.shape[1:]
-            arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
+            arr = group.create_array(
+                name, shape=data.shape, dtype=data.dtype, chunks=chunks, config=EVERY_CHUNK
+            )
             if data.size:
                 arr[...] = data
-        group.attrs.update(to_jsonable(dict(attrs)))
+        group.attrs.update(to_jsonable({**attrs, CHUNKS_ATTR: _complete_chunks(group, tmp)}))
     return final
 
 
@@ -158,16 +165,26 @@ class StoreWriter:
         self.final = Path(path)
         self._ctx = atomic_path(self.final)
         self.tmp = self._ctx.__enter__()
-        self.group = zarr.open_group(store=str(self.tmp), mode="w", zarr_format=3)
         self.arrays = {}
-        for name, (shape, dtype) in shapes.items():
-            chunks = (max(1, min(chunk_rows, shape[0])),) + tuple(shape[1:])
-            self.arrays[name] = self.group.create_array(
-                name, shape=shape, dtype=dtype, chunks=chunks
-            )
+        try:
+            self.group = zarr.open_group(store=str(self.tmp), mode="w", zarr_format=3)
+            for name, (shape, dtype) in shapes.items():
+                chunks = (max(1, min(chunk_rows, shape[0])),) + tuple(shape[1:])
+                self.arrays[name] = self.group.create_array(
+                    name, shape=shape, dtype=dtype, chunks=chunks, config=EVERY_CHUNK
+                )
+        except OSError as err:  # a full disk already: name this store
+            self.abort()
+            raise _named(err, self.tmp) from None
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, name: str, start: int, data: np.ndarray) -> None:
-        self.arrays[name][start : start + len(data)] = data
+        try:
+            self.arrays[name][start : start + len(data)] = data
+        except OSError as err:  # zarr's write() names no file: name this store (a full disk)
+            raise _named(err, self.tmp) from None
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -176,12 +193,21 @@ class StoreWriter:
         return bool(self._ctx.__exit__(exc_type, exc, tb))
 
     def close(self, attrs: Mapping[str, Any]) -> None:
-        """Set attrs; the store is published when the ``with`` block exits without error."""
-        self.group.attrs.update(to_jsonable(dict(attrs)))
+        """Set attrs (and the size of every chunk written, so a damaged store is told from a
+        complete one); the store is published when the ``with`` block exits without error."""
+        sizes = _complete_chunks(self.group, self.tmp)
+        try:
+            self.group.attrs.update(to_jsonable({**attrs, CHUNKS_ATTR: sizes}))
+        except OSError as err:
+            raise _named(err, self.tmp) from None
 
     def publish(self, attrs: Mapping[str, Any]) -> Path:
         """Set attrs and publish now (the same as leaving the ``with`` block), from any thread."""
-        self.close(attrs)
+        try:
+            self.close(attrs)
+        except BaseException:
+            self.abort()
+            raise
         self._ctx.__exit__(None, None, None)
         return self.final
 
@@ -189,6 +215,30 @@ class StoreWriter:
         """Remove the temporary store; ``path`` keeps what it had before."""
         with contextlib.suppress(RuntimeError):
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def _complete_chunks(group, tmp: Path) -> dict[str, int]:
+    """The chunk sizes to record; raises when an array lacks a chunk file. Every chunk is written
+    (``EVERY_CHUNK``), so a missing one is a write that failed (a full disk, in a writer thread whose
+    error the caller has not seen yet): such a store must never be published."""
+    import math
+
+    sizes = chunk_sizes(tmp)
+    for name, arr in group.arrays():
+        expected = math.prod(math.ceil(n / c) for n, c in zip(arr.shape, arr.chunks, strict=True))
+        written = sum(1 for key in sizes if key.startswith(f"{name}/"))
+        if written != expected:
+            raise RuntimeError(
+                f"{tmp}: {written} of the {expected} chunks of '{name}' were written; not published"
+            )
+    return sizes
+
+
+def _named(err: OSError, tmp: Path) -> OSError:
+    """``err`` naming ``tmp`` when it names no file (``pipeline.errors`` then names the store)."""
+    if err.filename is None:
+        err.filename = os.fspath(tmp)
+    return err
 
 
 class ChunkedRows:
@@ -228,7 +278,9 @@ class ChunkedRows:
 class WriteQueue:
     """One background thread running writes in submission order, so compressing and writing a store
     overlaps with computing the next rows (or the next slide). At most ``max_pending`` writes wait,
-    which bounds memory; a failed write raises in the caller at the next ``submit`` or ``drain``."""
+    which bounds memory; a failed write raises in the caller at the next ``submit`` or ``drain``, and
+    no write queued after it runs (the publication of a store whose chunk failed on a full disk would
+    otherwise publish it without that chunk, which zarr reads as zeros)."""
 
     def __init__(self, max_pending: int = 4) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -236,11 +288,28 @@ class WriteQueue:
         self.max_pending = max_pending
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._pending: list = []
+        self._failed: BaseException | None = None
 
     def submit(self, fn, *args) -> None:
         while len(self._pending) >= self.max_pending:
             self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(fn, *args))
+        self._pending.append(self._pool.submit(self._run, fn, args))
+
+    def _run(self, fn, args) -> Any:
+        """Run one write, unless an earlier one failed: a store whose chunk write failed (a full
+        disk) must not be published by the publication queued after it."""
+        writers = [w for w in (getattr(fn, "__self__", None), *args) if isinstance(w, StoreWriter)]
+        if self._failed is not None:
+            for writer in writers:  # a store that will not be published leaves no temporary
+                writer.abort()
+            raise RuntimeError("an earlier write failed; not run") from self._failed
+        try:
+            return fn(*args)
+        except BaseException as err:
+            self._failed = err
+            for writer in writers:
+                writer.abort()
+            raise
 
     def drain(self) -> None:
         """Wait for every submitted write; re-raise the first failure."""
@@ -264,18 +333,22 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def open_store(path: str | os.PathLike):
-    """Open a published zarr group read-only."""
+    """Open a published zarr group read-only; a clear error when it is damaged (a chunk gone or not
+    the size it was written with)."""
     import zarr
 
     p = Path(path)
     if not p.exists():
         raise PipelineError(p, "store does not exist", "Run the stage that writes it first.")
     try:
-        return zarr.open_group(store=str(p), mode="r")
+        group = zarr.open_group(store=str(p), mode="r")
     except Exception as err:  # zarr raises several types for a damaged store
         raise PipelineError(
             p, f"not a readable zarr store ({err})", "Delete it and re-run the stage."
         ) from err
+    if broken := damage(p, dict(group.attrs)):  # zarr would read a missing chunk as zeros
+        raise PipelineError(p, broken, "Delete it and re-run the stage that writes it.")
+    return group
 
 
 def read_array(path: str | os.PathLike, name: str) -> np.ndarray:

@@ -133,18 +133,18 @@ def _publish_staged(args, jobs) -> bool:
     (no numpy, zarr or torch; the config read as the workflow wrote it) as it runs once per slide."""
     import yaml
 
-    from pipeline.staging import publish_staged
+    from pipeline.staging import publish_staged, request
 
     features = {}
     if args.config is not None and args.config.exists():
         features = (yaml.safe_load(args.config.read_text()) or {}).get("features") or {}
     weights = args.weights or features.get("weights", {}).get(args.encoder, "pretrained")
-    requested = {
-        "encoder": args.encoder,
-        "weights": str(weights),
-        "precision": args.precision or features.get("precision", "auto"),
-        "dtype": args.dtype or features.get("dtype", "float16"),
-    }
+    requested = request(
+        args.encoder,
+        weights,
+        args.precision or features.get("precision", "auto"),
+        args.dtype or features.get("dtype", "float16"),
+    )
     slide, tiles, out = jobs[0]
     if not publish_staged(args.staged, out, tiles, requested):
         return False

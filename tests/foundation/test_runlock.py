@@ -5,6 +5,7 @@ Snakemake process that started it dies."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux only")
 
 CLAIM = "from pipeline.runlock import claim_workdir; print(claim_workdir({!r}), flush=True)"
+READ = "from pipeline.runlock import claim_workdir; print(claim_workdir({!r}, writer=False))"
 
 
 def python(code: str, **kwargs) -> subprocess.Popen:
@@ -35,7 +37,7 @@ def test_stale_locks_are_cleared_only_when_no_run_holds_the_folder(tmp_path):
         assert holder.stdout.readline().strip().startswith("removed the locks a killed run left")
         marks.mkdir()  # the live run locks again
         (marks / "0.output.lock").write_text("results/a.zarr\n")
-        second = python(claim)
+        second = python(READ.format(str(tmp_path)))  # a dry run beside the live run
         out, _ = second.communicate(timeout=60)
         assert out.strip().startswith(
             f"another run of this workflow holds {tmp_path / '.snakemake'}"
@@ -50,6 +52,44 @@ def test_stale_locks_are_cleared_only_when_no_run_holds_the_folder(tmp_path):
         f"removed the locks a killed run left in {marks} (no other run of this workflow is alive)"
     )
     assert not marks.exists()
+
+
+def test_a_second_writer_stops_naming_the_run_that_holds_the_folder(tmp_path):
+    """The line names the live run's pid, host, start time and command; its locks stay."""
+    import socket
+
+    holder = python(CLAIM.format(str(tmp_path)) + "; import time; time.sleep(60)")
+    try:
+        assert holder.stdout.readline().strip() == "None"
+        second = subprocess.run(
+            [sys.executable, "-c", CLAIM.format(str(tmp_path))], capture_output=True, text=True
+        )
+        assert second.returncode != 0 and second.stdout == ""
+        last = second.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(
+            rf"pipeline\.runlock\.WorkdirInUse: ERROR {re.escape(str(tmp_path))}: in use by another "
+            rf"run of this workflow \(pid {holder.pid} on host {re.escape(socket.gethostname())}, "
+            r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: -c\)\. Wait for it to end .*",
+            last,
+        ), last
+    finally:
+        holder.kill()
+        holder.wait()
+    after = subprocess.run(
+        [sys.executable, "-c", CLAIM.format(str(tmp_path))], capture_output=True, text=True
+    )
+    assert after.returncode == 0 and after.stdout.strip() == "None"  # free once it has ended
+
+
+def test_which_invocations_write():
+    from pipeline.runlock import is_writer
+
+    assert is_writer(["--cores", "2", "--configfile", "c.yaml"])
+    assert is_writer(["--unlock"])  # would remove a live run's locks
+    assert is_writer(["--touch"])
+    assert not is_writer(["--cores", "1", "-np"])
+    assert not is_writer(["--dry-run"]) and not is_writer(["--summary"])
+    assert not is_writer(["--lint"]) and not is_writer(["--dag"])
 
 
 def test_a_job_stops_when_the_snakemake_that_started_it_dies(tmp_path):

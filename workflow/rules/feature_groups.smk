@@ -1,7 +1,8 @@
 # Helpers of workflow/rules/features.smk: which slides each group extraction job embeds, and where
 # it stages their stores (the design is explained at the top of features.smk).
 
-from pipeline.store import write_text
+from pipeline.staging import request, why_not_reusable
+from pipeline.store import remove_stale_temporaries_in, write_text
 
 FEATURES = config["features"]
 SLIDES_PER_JOB = int(FEATURES["slides_per_job"])
@@ -17,6 +18,34 @@ def staging_dir(encoder):
 
 def group_summary(encoder, key):
     return OUT.group_summary(encoder, key)
+
+
+def drop_unusable_stores(encoder):
+    """Remove the published stores of ``encoder`` that do not answer this run's request (damaged,
+    of another encoder or weights, of another tiling), one line each, so they are recomputed: to
+    Snakemake such a store is a folder newer than its inputs. Also removes the hidden temporaries of
+    killed jobs there. Only the main process of a run that writes removes anything; a dry run names
+    the stores."""
+    if not getattr(workflow, "is_main_process", True):
+        return
+    writer = runlock.is_writer()
+    # what killed jobs left half-written, and no later write of the same store removes
+    if writer:
+        for folder in (OUT.features_dir(encoder), staging_dir(encoder)):
+            remove_stale_temporaries_in(folder)
+    weights = FEATURES["weights"].get(encoder, "pretrained")
+    requested = request(encoder, weights, FEATURES["precision"], FEATURES["dtype"])
+    for slide in sorted(SLIDES):
+        store = Path(OUT.features(encoder, slide))
+        if not store.exists():
+            continue
+        why = why_not_reusable(store, Path(OUT.tiles(slide)), requested)
+        if why is None:
+            continue
+        if writer:
+            shutil.rmtree(store, ignore_errors=True)
+        action = "removed, it is recomputed" if writer else "a run will recompute it"
+        print(f"{store} {why}: {action}", file=sys.stderr)
 
 
 def plan_groups(encoder):
@@ -55,6 +84,8 @@ def plan_groups(encoder):
     return groups, owner
 
 
+for _encoder in ENCODERS:
+    drop_unusable_stores(_encoder)
 PLANS = {encoder: plan_groups(encoder) for encoder in ENCODERS}
 GROUPS = {encoder: plan[0] for encoder, plan in PLANS.items()}
 GROUP_OF = {encoder: plan[1] for encoder, plan in PLANS.items()}
