@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import layout
-from pipeline.cohort import TASK_TYPES
+from pipeline.cohort import TASK_TYPES, choose_slides
 from pipeline.errors import PipelineError
 from pipeline.log import get_logger
 from pipeline.mil import metrics as M
@@ -35,6 +35,7 @@ from pipeline.mil import survival as S
 from pipeline.mil.data import Bag, FeatureBank
 from pipeline.mil.prediction_frames import classification_frame, survival_frame
 from pipeline.mil.task_tables import (
+    as_table,
     clean_survival,
     detect_task_type,
     label_str,
@@ -153,7 +154,9 @@ class ClassificationTask(Task):
         return cls(read_table(path, ["slide_id", "label"], "labels"), source=str(path))
 
     def wanted_slides(self) -> list[str]:
-        return list(self.table["slide_id"])
+        """The labelled slides, by :func:`pipeline.cohort.choose_slides` (the workflow's rule)."""
+        table = as_table(self.table, ["slide_id", "case_id", "label"], "labels")
+        return _chosen(choose_slides(self.type, table))
 
     def make_bags(self, bank: FeatureBank) -> list[Bag]:
         bags = []
@@ -271,13 +274,11 @@ class SurvivalTask(Task):
         return self.slides
 
     def wanted_slides(self) -> list[str]:
-        mapping = self._mapping()
-        known = set(self.table["case_id"])
-        for row in mapping[~mapping["case_id"].isin(known)].itertuples(index=False):
-            log.warning(
-                "slide %s: case %s has no survival record; left out", row.slide_id, row.case_id
-            )
-        return list(mapping.loc[mapping["case_id"].isin(known), "slide_id"])
+        """The slides of cases with a survival record, by :func:`pipeline.cohort.choose_slides`
+        (the workflow's rule); one warning per slide left out."""
+        records = as_table(self.table, ["case_id", "time", "event"], self.source)
+        slides = as_table(self._mapping(), ["slide_id", "case_id"], "slides")
+        return _chosen(choose_slides(self.type, records, slides))
 
     def make_bags(self, bank: FeatureBank) -> list[Bag]:
         mapping = self._mapping()
@@ -373,6 +374,13 @@ class SurvivalTask(Task):
 
 
 # --- construction -----------------------------------------------------------------------------------
+def _chosen(chosen) -> list[str]:
+    """The slide ids of a :class:`pipeline.cohort.TaskSlides`, its notes logged as warnings."""
+    for note in chosen.notes:
+        log.warning("%s", note)
+    return chosen.slide_ids
+
+
 def build_task(
     task_type: str | None, table: str | os.PathLike, slides_table=None, n_bins: int = 4
 ) -> Task:
