@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,21 @@ class HeatmapJob:
     masks: Path | None = None
     device: str = "cpu"
     splits_path: str = ""
+
+
+class SlideEntry(TypedDict):
+    """One slide of ``index.json``: the fold whose model scored it, its case, label and prediction as
+    the picture shows them, the score names, the patch count and its files (names in the folder)."""
+
+    fold: int | None
+    case_id: str
+    label: Any
+    prediction: Any
+    scores: list[str]
+    n_patches: int
+    store: str
+    png: str
+    gallery: str | None
 
 
 def fold_dirs_by_number(paths: Sequence[str | os.PathLike]) -> dict[int, Path]:
@@ -126,7 +141,7 @@ def score_fold(
     fold: int,
     tested: set[str],
     job: HeatmapJob,
-) -> tuple[dict[str, dict], dict[str, str]]:
+) -> tuple[dict[str, SlideEntry], dict[str, str]]:
     """Load fold ``fold``'s model once and write the store and pictures of each of its test slides
     (``tested``: the cases of the fold's test part)."""
     folder = job.fold_dirs.get(fold)
@@ -162,7 +177,7 @@ def score_slide_files(
     provenance: dict[str, Any],
     job: HeatmapJob,
     bank: FeatureBank,
-) -> dict[str, Any]:
+) -> SlideEntry:
     """One slide: its score store, heatmap and gallery; returns its index entry."""
     from pipeline.heatmaps.outputs import draw_slide, score_slide
     from pipeline.store import read_attrs
@@ -191,20 +206,20 @@ def score_slide_files(
     gallery = files["gallery"] if job.k > 0 else None
     draw_slide(store, files["png"], gallery, options=job.options, k=job.k)
     attrs = read_attrs(store)
-    return {
-        "fold": provenance.get("fold"),
-        "case_id": bag.case_id,
-        "label": attrs["label"],
-        "prediction": attrs["prediction"],
-        "scores": attrs["scores"],
-        "n_patches": int(len(coords)),
-        "store": files["store"].name,
-        "png": files["png"].name,
-        "gallery": gallery.name if gallery else None,
-    }
+    return SlideEntry(
+        fold=provenance.get("fold"),
+        case_id=bag.case_id,
+        label=attrs["label"],
+        prediction=attrs["prediction"],
+        scores=list(attrs["scores"]),
+        n_patches=int(len(coords)),
+        store=files["store"].name,
+        png=files["png"].name,
+        gallery=gallery.name if gallery else None,
+    )
 
 
-def localisation_rows(outdir: Path, entries: dict[str, dict], masks: Path) -> pd.DataFrame:
+def localisation_rows(outdir: Path, entries: dict[str, SlideEntry], masks: Path) -> pd.DataFrame:
     """Per slide and score: the localisation AUC against the tumour mask (None where undefined)."""
     from pipeline.heatmaps.localisation import store_localisation
 
@@ -237,7 +252,7 @@ def run_heatmaps(
     index_path.unlink(missing_ok=True)  # incomplete until rewritten
     job.outdir.mkdir(parents=True, exist_ok=True)
     stores = feature_stores(job.features_dir)
-    entries: dict[str, dict] = {}
+    entries: dict[str, SlideEntry] = {}
     failed: dict[str, str] = {}
     for fold, fold_bags in bags_by_test_fold(bags, splits).items():
         done, bad = score_fold(task, fold_bags, bank, stores, fold, test_cases(splits, fold), job)
