@@ -12,7 +12,8 @@ parsing) and reads tables with :mod:`pipeline.tables`.
 * :func:`task_slides` — slide id -> case id of every slide a task trains on, in table order, with one
   note per row left out. Classification: the table's slides with a label (case id = slide id where
   empty). Survival: the slides of ``slides_table`` (else the table's own ``slide_id`` column, else
-  the case ids themselves) whose case has a valid survival record.
+  the case ids themselves) whose case has a valid survival record. :func:`choose_slides` applies the
+  same rule to tables already read; the MIL tasks' ``wanted_slides`` call it with their own rows.
 """
 
 from __future__ import annotations
@@ -117,13 +118,24 @@ def task_slides(
 ) -> TaskSlides:
     """Slide id -> case id of every slide a task trains on (module docstring rules)."""
     if task_type == "classification":
-        return _classification(read_table(table, ["slide_id", "label"], "labels table"))
+        return choose_slides(task_type, read_table(table, ["slide_id", "label"], "labels table"))
     if task_type == "survival":
         records = read_table(table, ["case_id", "time", "event"], "survival table")
         slides = None
         if slides_table is not None:
             slides = read_table(slides_table, ["slide_id", "case_id"], "slides table")
-        return _survival(records, slides)
+        return choose_slides(task_type, records, slides)
+    raise ConfigError(
+        "task", f"unknown task type '{task_type}'", f"Use one of {', '.join(TASK_TYPES)}."
+    )
+
+
+def choose_slides(task_type: str, table: Table, slides: Table | None = None) -> TaskSlides:
+    """:func:`task_slides` of tables already read (the MIL task asks this with its own rows)."""
+    if task_type == "classification":
+        return _classification(table)
+    if task_type == "survival":
+        return _survival(table, slides)
     raise ConfigError(
         "task", f"unknown task type '{task_type}'", f"Use one of {', '.join(TASK_TYPES)}."
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import enum
 import functools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,13 @@ def schema_values(key: str) -> tuple[str, ...]:
 
 def schema_enum(name: str, key: str) -> type[enum.StrEnum]:
     """A ``StrEnum`` named ``name`` whose members are :func:`schema_values` of ``key`` (member name =
-    value); members compare equal to the plain strings a config holds."""
-    return enum.StrEnum(name, {v: v for v in schema_values(key)})
+    value); members compare (and hash) equal to the plain strings a config holds. It belongs to the
+    caller's module, so bind it there under ``name``: then its members pickle (worker processes).
+    A member's repr is its string's, so messages read as they did with plain strings."""
+    module = sys._getframe(1).f_globals["__name__"]
+    kind = enum.StrEnum(name, {v: v for v in schema_values(key)}, module=module)
+    kind.__repr__ = str.__repr__  # type: ignore[method-assign]
+    return kind
 
 
 def _validator_with_defaults(schema: dict[str, Any]):

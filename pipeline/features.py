@@ -94,7 +94,7 @@ class ExtractOptions:
             )
         return options
 
-    def requested(self, encoder: str, weights: str) -> dict[str, Any]:
+    def requested(self, encoder: str, weights: str) -> dict[str, str]:
         """What a store is asked to contain (not how it is computed): recorded in its attrs, so a
         store left by a killed group job is reused only when it answers the same request."""
         from pipeline.staging import request

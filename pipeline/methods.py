@@ -137,13 +137,17 @@ _SPECS: tuple[MethodSpec, ...] = (
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
 
 
-def _info(spec: MethodSpec) -> dict[str, Any]:
+# what `wsi-mil methods` prints of a spec: every field a string (baseline None for a baseline)
+MethodInfo = dict[str, str | None]
+
+
+def _info(spec: MethodSpec) -> MethodInfo:
     info = asdict(spec)
     info.pop("target")
     return info
 
 
-def list_methods() -> list[dict[str, Any]]:
+def list_methods() -> list[MethodInfo]:
     """Every method as ``{name, family, baseline, description}``."""
     return [_info(spec) for spec in METHODS.values()]
 
@@ -159,7 +163,7 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-def method_info(name: str) -> dict[str, Any]:
+def method_info(name: str) -> MethodInfo:
     """One method's ``{name, family, baseline, description}``; unknown names raise :class:`ConfigError`."""
     return _info(get_method(name))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import functools
 import os
 import typing
@@ -29,6 +30,21 @@ _SKELETON = {
 }
 
 
+# enum-like settings are enums whose members come from the schema (config.schema_enum); members are
+# strings too, so ``settings.selection == "holdout"`` and JSON records read as before
+Protocol = schema_enum("Protocol", "mil.protocol")
+Selection = schema_enum("Selection", "mil.selection")
+SurvivalLoss = schema_enum("SurvivalLoss", "mil.survival_loss")
+Monitor = schema_enum("Monitor", "mil.monitor")
+Threshold = schema_enum("Threshold", "mil.threshold")
+MILPrecision = schema_enum("MILPrecision", "mil.precision")
+InstanceScore = schema_enum("InstanceScore", "mil.mhim.instance_score")
+Normalise = schema_enum("Normalise", "heatmaps.normalise")
+FeatureDtype = schema_enum("FeatureDtype", "features.dtype")
+FeatureDevice = schema_enum("FeatureDevice", "features.device")
+FeaturePrecision = schema_enum("FeaturePrecision", "features.precision")
+
+
 @dataclass(frozen=True)
 class MHIMSettings:
     """``mil.mhim``: the MHIM-MIL switches (meaning of each in ``pipeline/mil/mhim.py`` and config.yaml)."""
@@ -36,7 +52,7 @@ class MHIMSettings:
     rhsm_ratio: float
     rhsm_decay: bool
     random_mask_ratio: float
-    instance_score: str
+    instance_score: InstanceScore
     grn: bool
     grn_queries: int
     grn_momentum: float
@@ -63,20 +79,20 @@ class MILSettings:
     folds: int
     seed: int
     val_fraction: float
-    protocol: str
-    selection: str
+    protocol: Protocol
+    selection: Selection
     inner_folds: int
     accumulate: int
-    survival_loss: str
+    survival_loss: SurvivalLoss
     epochs: int
     patience: int
-    monitor: str
-    threshold: str
+    monitor: Monitor
+    threshold: Threshold
     lr: float
     weight_decay: float
     dropout: float
     hidden_dim: int
-    precision: str
+    precision: MILPrecision
     survival_bins: int
     repeats: int
     reference: str | None
@@ -184,6 +200,8 @@ def _build(cls: type, data: Mapping[str, Any]) -> Any:
             value = float(value)
         elif hint == tuple[str, ...]:
             value = tuple(value)
+        elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+            value = hint(value)
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -205,9 +223,6 @@ def mil_settings(
 
 
 # --- the other sections with typed records: features and heatmaps -------------------------------
-# enum-like settings are enums whose members come from the schema (config.schema_enum)
-Normalise = schema_enum("Normalise", "heatmaps.normalise")
-FeatureDtype = schema_enum("FeatureDtype", "features.dtype")
 
 
 @dataclass(frozen=True)
@@ -219,8 +234,8 @@ class FeatureSettings:
     weights: dict[str, str]
     batch_size: int
     workers: int
-    device: str
-    precision: str
+    device: FeatureDevice
+    precision: FeaturePrecision
     dtype: FeatureDtype
     slides_per_job: int
 
@@ -246,7 +261,7 @@ def feature_settings(config: str | os.PathLike | None = None) -> FeatureSettings
     from pipeline.config import section
 
     cfg = section(config, "features")
-    return _build(FeatureSettings, {**cfg, "dtype": FeatureDtype(cfg["dtype"])})
+    return _build(FeatureSettings, cfg)
 
 
 def heatmap_settings(config: str | os.PathLike | None = None) -> HeatmapSettings:
@@ -254,4 +269,4 @@ def heatmap_settings(config: str | os.PathLike | None = None) -> HeatmapSettings
     from pipeline.config import section
 
     cfg = section(config, "heatmaps")
-    return _build(HeatmapSettings, {**cfg, "normalise": Normalise(cfg["normalise"])})
+    return _build(HeatmapSettings, cfg)

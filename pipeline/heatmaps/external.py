@@ -12,7 +12,13 @@ from pipeline import layout
 from pipeline.errors import PipelineError
 from pipeline.heatmaps.oof import HeatmapJob, score_slide_files
 from pipeline.log import get_logger
-from pipeline.mil.data import Bag, FeatureBank, find_feature_files
+from pipeline.mil.results import (
+    FeatureBank,
+    feature_stores,
+    load_fold_model,
+    model_task,
+    slide_bags,
+)
 
 log = get_logger("heatmaps")
 
@@ -27,23 +33,18 @@ def external_heatmaps(
     """Every slide of ``features_dir`` (or only ``slides``: the cohort that was predicted) scored
     by the model of ``model_dir`` into ``job.outdir``; ``labels`` (slide -> label) only annotates
     the pictures. Returns (and writes last) the index."""
-    from pipeline.mil.folder import FoldFolder
-    from pipeline.mil.tasks import task_from_metadata
     from pipeline.store import write_json
 
     index_path = job.outdir / layout.HEATMAP_INDEX
     index_path.unlink(missing_ok=True)
     job.outdir.mkdir(parents=True, exist_ok=True)
-    model, meta = FoldFolder(model_dir).load_model(job.device)
-    task = task_from_metadata(meta.task)
+    model, meta = load_fold_model(model_dir, job.device)
+    task = model_task(meta)
     bank = FeatureBank.load(features_dir)
-    stores = find_feature_files(features_dir)
+    stores = feature_stores(features_dir)
     entries, failed = {}, {}
-    wanted = None if slides is None else set(slides)
-    for slide in bank.slides:
-        if wanted is not None and slide not in wanted:
-            continue
-        bag = Bag(slide, slide, (slide,), None, bank)
+    for bag in slide_bags(bank, slides):
+        slide = bag.slide_ids[0]
         provenance = {"fold": meta.fold, "role": "external", "model_dir": str(model_dir)}
         try:
             entry = score_slide_files(task, bag, slide, stores[slide], model, provenance, job, bank)

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -27,10 +27,17 @@ from pipeline import layout
 from pipeline.errors import PipelineError
 from pipeline.heatmaps.render import RenderOptions
 from pipeline.log import get_logger
-from pipeline.mil.data import Bag, FeatureBank, find_feature_files
-from pipeline.mil.folder import ModelRecord
-from pipeline.mil.splits import fold_roles
-from pipeline.mil.tasks import ClassificationTask, Task
+from pipeline.mil.results import (
+    Bag,
+    ClassificationTask,
+    FeatureBank,
+    ModelRecord,
+    Task,
+    feature_stores,
+    load_fold_model,
+    test_cases,
+    test_folds,
+)
 
 log = get_logger("heatmaps")
 
@@ -51,17 +58,19 @@ class HeatmapJob:
     splits_path: str = ""
 
 
-def test_folds(splits: pd.DataFrame) -> dict[str, int]:
-    """``case_id -> fold`` whose test part holds the case; a case tested twice is an error."""
-    test = splits[splits["role"] == "test"]
-    twice = sorted(test.loc[test["case_id"].duplicated(), "case_id"].unique())
-    if twice:
-        raise PipelineError(
-            "splits",
-            f"case(s) {', '.join(twice[:5])} are in the test part of more than one fold",
-            "Re-create the splits with `wsi-mil splits`.",
-        )
-    return {str(c): int(f) for c, f in zip(test["case_id"], test["fold"], strict=True)}
+class SlideEntry(TypedDict):
+    """One slide of ``index.json``: the fold whose model scored it, its case, label and prediction as
+    the picture shows them, the score names, the patch count and its files (names in the folder)."""
+
+    fold: int | None
+    case_id: str
+    label: Any
+    prediction: Any
+    scores: list[str]
+    n_patches: int
+    store: str
+    png: str
+    gallery: str | None
 
 
 def fold_dirs_by_number(paths: Sequence[str | os.PathLike]) -> dict[int, Path]:
@@ -130,22 +139,21 @@ def score_fold(
     bank: FeatureBank,
     stores: dict[str, Path],
     fold: int,
-    roles: dict[str, str],
+    tested: set[str],
     job: HeatmapJob,
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """Load fold ``fold``'s model once and write the store and pictures of each of its test slides."""
-    from pipeline.mil.folder import FoldFolder
-
+) -> tuple[dict[str, SlideEntry], dict[str, str]]:
+    """Load fold ``fold``'s model once and write the store and pictures of each of its test slides
+    (``tested``: the cases of the fold's test part)."""
     folder = job.fold_dirs.get(fold)
     if folder is None:
         raise PipelineError(
             f"fold {fold}", "no fold folder given for it", "Pass every fold folder of the method."
         )
-    model, meta = FoldFolder(folder).load_model(job.device)
+    model, meta = load_fold_model(folder, job.device)
     _check_model(meta, job, fold, folder)
     entries, failed = {}, {}
     for bag in bags:
-        if roles.get(bag.case_id) != "test":  # the guarantee, checked where it matters
+        if bag.case_id not in tested:  # the guarantee, checked where it matters
             raise PipelineError(folder, f"case {bag.case_id} is not in fold {fold}'s test part")
         for slide in bag.slide_ids:
             try:
@@ -169,7 +177,7 @@ def score_slide_files(
     provenance: dict[str, Any],
     job: HeatmapJob,
     bank: FeatureBank,
-) -> dict[str, Any]:
+) -> SlideEntry:
     """One slide: its score store, heatmap and gallery; returns its index entry."""
     from pipeline.heatmaps.outputs import draw_slide, score_slide
     from pipeline.store import read_attrs
@@ -198,20 +206,20 @@ def score_slide_files(
     gallery = files["gallery"] if job.k > 0 else None
     draw_slide(store, files["png"], gallery, options=job.options, k=job.k)
     attrs = read_attrs(store)
-    return {
-        "fold": provenance.get("fold"),
-        "case_id": bag.case_id,
-        "label": attrs["label"],
-        "prediction": attrs["prediction"],
-        "scores": attrs["scores"],
-        "n_patches": int(len(coords)),
-        "store": files["store"].name,
-        "png": files["png"].name,
-        "gallery": gallery.name if gallery else None,
-    }
+    return SlideEntry(
+        fold=provenance.get("fold"),
+        case_id=bag.case_id,
+        label=attrs["label"],
+        prediction=attrs["prediction"],
+        scores=list(attrs["scores"]),
+        n_patches=int(len(coords)),
+        store=files["store"].name,
+        png=files["png"].name,
+        gallery=gallery.name if gallery else None,
+    )
 
 
-def localisation_rows(outdir: Path, entries: dict[str, dict], masks: Path) -> pd.DataFrame:
+def localisation_rows(outdir: Path, entries: dict[str, SlideEntry], masks: Path) -> pd.DataFrame:
     """Per slide and score: the localisation AUC against the tumour mask (None where undefined)."""
     from pipeline.heatmaps.localisation import store_localisation
 
@@ -243,11 +251,11 @@ def run_heatmaps(
     index_path = job.outdir / layout.HEATMAP_INDEX
     index_path.unlink(missing_ok=True)  # incomplete until rewritten
     job.outdir.mkdir(parents=True, exist_ok=True)
-    stores = find_feature_files(job.features_dir)
-    entries: dict[str, dict] = {}
+    stores = feature_stores(job.features_dir)
+    entries: dict[str, SlideEntry] = {}
     failed: dict[str, str] = {}
     for fold, fold_bags in bags_by_test_fold(bags, splits).items():
-        done, bad = score_fold(task, fold_bags, bank, stores, fold, fold_roles(splits, fold), job)
+        done, bad = score_fold(task, fold_bags, bank, stores, fold, test_cases(splits, fold), job)
         entries.update(done)
         failed.update(bad)
         log.info("fold %d: %d slide(s) scored", fold, len(done))

@@ -47,7 +47,7 @@ def score_slide(
     kept in the provenance either way.
     """
     from pipeline.heatmaps.store import write_score_store
-    from pipeline.mil.scores import score_bag
+    from pipeline.mil.results import score_bag
 
     maps, logits = score_bag(model, bag)
     return write_score_store(

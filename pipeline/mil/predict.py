@@ -19,13 +19,8 @@ from pipeline.log import get_logger
 from pipeline.mil.data import Bag, FeatureBank
 from pipeline.mil.folder import FoldFolder
 from pipeline.mil.inference import run_inference
-from pipeline.mil.tasks import (
-    ClassificationTask,
-    SurvivalTask,
-    Task,
-    read_table,
-    task_from_metadata,
-)
+from pipeline.mil.task_tables import read_table
+from pipeline.mil.tasks import ClassificationTask, SurvivalTask, Task, task_from_metadata
 
 log = get_logger("mil.predict")
 

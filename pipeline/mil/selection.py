@@ -46,12 +46,13 @@ from pipeline.mil.inference import run_inference
 from pipeline.mil.loop import FitResult, make_optimizer
 from pipeline.mil.models.ensemble import EnsembleMIL
 from pipeline.mil.precision import seed_everything
-from pipeline.settings import MILSettings
+from pipeline.settings import MILSettings, Selection
 
 log = get_logger("mil")
 
-# the ``mil.selection`` values this module implements (``holdout`` is the trainer's own early stopping)
-SELECTIONS = ("ensemble_full", "ensemble", "inner_cv", "inner_cv_swa", "fixed")
+# the ``mil.selection`` values this module implements: every one the schema lists but ``holdout``
+# (the trainer's own early stopping)
+SELECTIONS = tuple(s for s in Selection if s != Selection.holdout)
 
 
 class EpochRunner:

@@ -77,6 +77,16 @@ def clean_survival(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return df.drop_duplicates("case_id").reset_index(drop=True)[["case_id", "time", "event"]]
 
 
+def as_table(df: pd.DataFrame, columns: Sequence[str], source: str) -> tables.Table:
+    """``columns`` of a task's cleaned frame as the rows :mod:`pipeline.cohort` reads (text cells,
+    missing ones empty), so the task chooses its slides by the cohort's rule, not a copy of it."""
+    rows = tuple(
+        {c: "" if pd.isna(v) else str(v) for c, v in zip(columns, values, strict=True)}
+        for values in df[list(columns)].itertuples(index=False)
+    )
+    return tables.Table(source, tuple(columns), rows)
+
+
 def refuse_repeats(df: pd.DataFrame, column: str, what: str, source: str) -> pd.DataFrame:
     """``df`` unchanged, or one line naming the first ``what`` (slide, case) listed twice."""
     dup = df[column][df[column].duplicated()]

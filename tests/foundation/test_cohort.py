@@ -112,7 +112,8 @@ def test_survival_maps_slides_to_cases_with_a_valid_record(tmp_path):
 
 
 def test_the_commands_use_the_slides_the_workflow_embeds(tmp_path):
-    """The task the commands build wants exactly the slides pipeline.cohort gives the workflow."""
+    """The task the commands build wants exactly the slides pipeline.cohort gives the workflow
+    (the task hands its cleaned rows to cohort.choose_slides: this checks that hand-over)."""
     from pipeline.mil.tasks import build_task
 
     labels = write(tmp_path / "l.csv", "slide_id,case_id,label\ns1,c1,a\ns2,,b\ns3,c3,\n")

@@ -93,3 +93,37 @@ def test_model_json_record(tmp_path):
     assert caught.value.line() == (
         f"ERROR {fold / 'model.json'}: model.json lacks in_dim. Re-train this fold."
     )
+
+
+def test_mil_settings_enums_are_the_schemas_and_read_as_strings():
+    """Enum-like ``mil`` settings are enums of the schema's values, yet records and pickles are as
+    with plain strings: model.json holds ``"inner_cv"``, a worker process gets the same member."""
+    import pickle
+
+    from pipeline.settings import MILSettings
+
+    s = MILSettings.from_mapping(
+        {"selection": "inner_cv", "protocol": "paper", "threshold": "argmax"}
+    )
+    fields = {
+        "protocol": "mil.protocol",
+        "selection": "mil.selection",
+        "survival_loss": "mil.survival_loss",
+        "monitor": "mil.monitor",
+        "threshold": "mil.threshold",
+        "precision": "mil.precision",
+    }
+    for name, key in fields.items():
+        value = getattr(s, name)
+        assert [m.value for m in type(value)] == list(schema_values(key)), name
+    assert [m.value for m in type(s.mhim.instance_score)] == list(
+        schema_values("mil.mhim.instance_score")
+    )
+    assert (s.selection, s.protocol, s.threshold) == ("inner_cv", "paper", "argmax")
+    assert {"inner_cv": 1}[s.selection] == 1  # hashes as its string
+    assert f"{s.selection} {s.selection!r}" == "inner_cv 'inner_cv'"  # messages as before
+    record = json.loads(json.dumps(s.to_dict()))
+    assert (record["selection"], record["mhim"]["instance_score"]) == ("inner_cv", "class_aware")
+    assert MILSettings.from_mapping(record) == s
+    again = pickle.loads(pickle.dumps(s))
+    assert again == s and again.selection is s.selection
